@@ -1,0 +1,1 @@
+"""autoprune: structured channel pruning with automatic per-layer ratios."""

@@ -1,0 +1,5 @@
+"""Dependency groups of coupled channels (wraps torch-pruning's DepGraph)."""
+
+from autoprune.graph.build import ChannelGroup, Member, PruneGraph, build_graph, module_by_name
+
+__all__ = ["ChannelGroup", "Member", "PruneGraph", "build_graph", "module_by_name"]

@@ -1,0 +1,52 @@
+"""PruningPlan: which channels each group keeps. JSON, replayable on a fresh model."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from autoprune.errors import SurgeryError
+
+PLAN_VERSION = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class PruningPlan:
+    """Kept root-channel indices (sorted) of each pruned group, with the group's original width."""
+
+    keep: Mapping[str, tuple[int, ...]]
+    channels: Mapping[str, int]
+
+    def __post_init__(self) -> None:
+        for group_id, kept in self.keep.items():
+            n = self.channels.get(group_id)
+            if n is None:
+                raise SurgeryError(f"plan keeps channels of {group_id!r} but does not give its width")
+            if not kept or list(kept) != sorted(set(kept)) or kept[0] < 0 or kept[-1] >= n:
+                raise SurgeryError(f"plan for {group_id!r} must keep a sorted, non-empty subset of range({n})")
+
+    @classmethod
+    def from_keep(cls, keep: Mapping[str, Sequence[int]], channels: Mapping[str, int]) -> PruningPlan:
+        return cls(
+            keep={g: tuple(sorted(int(i) for i in idx)) for g, idx in keep.items()},
+            channels={g: int(channels[g]) for g in keep},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": PLAN_VERSION,
+            "groups": {g: {"channels": self.channels[g], "keep": list(k)} for g, k in self.keep.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PruningPlan:
+        if data.get("version") != PLAN_VERSION or not isinstance(data.get("groups"), dict):
+            raise SurgeryError(f"not a version-{PLAN_VERSION} pruning plan")
+        groups = data["groups"]
+        return cls.from_keep(
+            {g: v["keep"] for g, v in groups.items()}, {g: v["channels"] for g, v in groups.items()}
+        )
+
+    def widths(self) -> dict[str, int]:
+        return {g: len(k) for g, k in self.keep.items()}

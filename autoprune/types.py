@@ -1,0 +1,153 @@
+"""Frozen value objects handed between pipeline stages."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+from autoprune.errors import BudgetError
+
+BudgetKind = Literal["flops", "params", "latency_ms"]
+Runtime = Literal["torch", "onnxruntime"]
+BUDGET_KINDS: tuple[str, ...] = ("flops", "params", "latency_ms")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Budget:
+    """What the pruned model may cost.
+
+    ``flops`` and ``params`` are fractions of the unpruned model (``flops=0.5`` keeps at most half
+    of the MACs); ``latency_ms`` is an absolute target measured in ``runtime`` at ``batch_size``.
+    """
+
+    kind: BudgetKind
+    value: float
+    runtime: Runtime = "torch"
+    batch_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in BUDGET_KINDS:
+            raise BudgetError(f"budget kind must be one of {', '.join(BUDGET_KINDS)}, not {self.kind!r}")
+        if not isinstance(self.value, (int, float)) or self.value != self.value:
+            raise BudgetError(f"budget value must be a number, not {self.value!r}")
+        if self.kind in ("flops", "params") and not 0.0 < self.value < 1.0:
+            raise BudgetError(f"{self.kind} budget is a fraction of the original and must lie in (0, 1), not {self.value}")
+        if self.kind == "latency_ms" and not self.value > 0:
+            raise BudgetError(f"latency_ms budget must be positive, not {self.value}")
+        if self.runtime not in ("torch", "onnxruntime"):
+            raise BudgetError(f"runtime must be 'torch' or 'onnxruntime', not {self.runtime!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise BudgetError(f"batch_size must be a positive integer, not {self.batch_size!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> Budget:
+        """Parse the CLI form ``flops=0.5`` (also ``params=0.6``, ``latency_ms=4``) or a JSON object."""
+        text = text.strip()
+        if text.startswith("{"):
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise BudgetError(f"budget is not valid JSON: {exc}") from exc
+            return cls.from_dict(data)
+        kind, sep, value = text.partition("=")
+        if not sep:
+            raise BudgetError(f"budget must look like flops=0.5, params=0.6 or latency_ms=4.0, not {text!r}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise BudgetError(f"budget value {value!r} is not a number") from None
+        return cls(kind=kind.strip(), value=number)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Budget:
+        """Parse the API form ``{"flops": 0.5}`` or ``{"latency_ms": 4, "runtime": ..., "batch_size": 1}``."""
+        if not isinstance(data, dict):
+            raise BudgetError("budget must be a JSON object such as {\"flops\": 0.5}")
+        kinds = [k for k in data if k in BUDGET_KINDS]
+        extra = set(data) - set(BUDGET_KINDS) - {"runtime", "batch_size"}
+        if len(kinds) != 1 or extra:
+            raise BudgetError(f"budget needs exactly one of {', '.join(BUDGET_KINDS)}; got keys {sorted(data)}")
+        value = data[kinds[0]]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise BudgetError(f"budget value must be a number, not {value!r}")
+        return cls(
+            kind=kinds[0],  # type: ignore[arg-type]
+            value=float(value),
+            runtime=data.get("runtime", "torch"),
+            batch_size=data.get("batch_size", 1),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {self.kind: self.value}
+        if self.kind == "latency_ms":
+            out.update(runtime=self.runtime, batch_size=self.batch_size)
+        return out
+
+    def __str__(self) -> str:
+        return f"{self.kind}={self.value:g}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneConfig:
+    """How a pruned model is trained back; distillation from the unpruned model by default."""
+
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    distill: bool = True
+    distill_weight: float = 0.7
+    temperature: float = 4.0
+    label_smoothing: float = 0.0
+    augment: bool = True
+    max_steps_per_epoch: int | None = None
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": self.epochs >= 0,
+            "batch_size": self.batch_size >= 1,
+            "lr": self.lr > 0,
+            "momentum": 0 <= self.momentum < 1,
+            "weight_decay": self.weight_decay >= 0,
+            "distill_weight": 0 <= self.distill_weight <= 1,
+            "temperature": self.temperature > 0,
+            "label_smoothing": 0 <= self.label_smoothing < 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"finetune {name}={getattr(self, name)!r} is out of range")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"finetune optimizer must be 'sgd' or 'adamw', not {self.optimizer!r}")
+
+    def evolve(self, **changes: Any) -> FinetuneConfig:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobSpec:
+    """Everything one pruning run needs; the CLI, the worker and the benchmarks all build one."""
+
+    arch: str
+    data: str
+    budget: Budget
+    out_dir: str
+    weights: str | None = None
+    method: str = "global"
+    criterion: str | None = None
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    schedule: Literal["oneshot", "iterative"] = "oneshot"
+    iterative_steps: int = 3
+    calibration_batches: int = 8
+    seed: int = 0
+    latency_repeats: int = 30
+    export_onnx: bool = True
+    export_pt2: bool = True
+
+    def evolve(self, **changes: Any) -> JobSpec:
+        return replace(self, **changes)
