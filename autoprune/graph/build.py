@@ -158,6 +158,19 @@ class PruneGraph:
             members=tuple(Member(module=n, dim=d, per_channel=p) for (n, d), p in members.items()),
         )
 
+    def channel_map(self, group_id: str) -> list[tuple[nn.Module, str, list[int], list[int]]]:
+        """For each member module: (module, dim, its indices, the group channel each index belongs to)."""
+        root = module_by_name(self.model, group_id)
+        pruner = self.dg.get_pruner_of_module(root)
+        tp_group = self.dg.get_pruning_group(root, pruner.prune_out_channels, list(range(self._by_id[group_id].channels)))
+        out = []
+        for item in tp_group:
+            module = item.dep.target.module
+            if isinstance(module, nn.Module) and module in self._names:
+                dim = "out" if self.dg.is_out_channel_pruning_fn(item.dep.handler) else "in"
+                out.append((module, dim, list(item.idxs), list(item.root_idxs)))
+        return out
+
     def prune(self, group_id: str, keep: Sequence[int]) -> None:
         """Remove every channel of the group not in ``keep`` (root channel indices), in place."""
         group = self._by_id[group_id]

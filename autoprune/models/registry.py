@@ -58,7 +58,7 @@ def list_archs() -> list[str]:
 
 
 def create_model(arch: str, *, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
-    """Build ``arch`` with random weights; CIFAR names win over torchvision, which wins over timm."""
+    """Build ``arch`` with random weights; CIFAR names shadow torchvision, which shadows timm."""
     if arch in ARCHS:
         return _build(arch, ARCHS.get(arch), num_classes=num_classes, in_channels=in_channels)
     if arch in _torchvision_names():
@@ -88,7 +88,9 @@ def create_model(arch: str, *, num_classes: int = 10, in_channels: int = 3) -> n
     )
 
 
-def _build(arch: str, builder: Callable[..., nn.Module], *args: object, **kwargs: object) -> nn.Module:
+def _build(
+    arch: str, builder: Callable[..., nn.Module], *args: object, **kwargs: object
+) -> nn.Module:
     """Call a builder, turning its failures (bad num_classes, ...) into ModelIntakeError."""
     try:
         return builder(*args, **kwargs)

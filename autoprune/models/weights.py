@@ -197,13 +197,23 @@ def _torch_load(path: Path, limits: WeightLimits) -> object:
     except pickle.UnpicklingError as exc:
         raise UnsafeInputError(
             f"{path.name} contains pickled code or objects (for example a whole nn.Module saved "
-            f"with torch.save(model)), which autoprune refuses to load; {SAVE_HINT}. "
-            f"Details: {exc}"
+            f"with torch.save(model)), which autoprune refuses to load; {SAVE_HINT} "
+            f"(reason: {_unpickler_reason(exc)})"
         ) from exc
     except Exception as exc:
         raise ModelIntakeError(
             f"{path.name} could not be read as a weights-only torch checkpoint: {exc}"
         ) from exc
+
+
+def _unpickler_reason(exc: Exception) -> str:
+    """The one useful line of torch's weights-only error, without its advice to disable it."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker not in text:
+        return " ".join(text.split())[:200]
+    reason = text.split(marker, 1)[1].split("Check the documentation", 1)[0]
+    return " ".join(reason.split()).split(". Please", 1)[0]
 
 
 def _check_zip(path: Path, limits: WeightLimits) -> None:

@@ -12,19 +12,15 @@ from autoprune.graph import PruneGraph
 from autoprune.surgery.plan import PruningPlan
 
 
-def apply_plan(
-    model: nn.Module, example_input: torch.Tensor, plan: PruningPlan, *, graph: PruneGraph | None = None
-) -> nn.Module:
+def apply_plan(model: nn.Module, example_input: torch.Tensor, plan: PruningPlan) -> nn.Module:
     """Return a pruned copy of ``model``; ``model`` is untouched.
 
-    ``graph``, when given, must have been built on ``model``: its group list is reused so the
-    plan is checked against the groups that were scored. After the cut a forward pass must run
-    and give the original output shape, or :class:`SurgeryError` is raised.
+    The copy's graph is built with the plan's ignored and skipped layers, so replaying a saved
+    plan on a fresh instance sees the same groups. After the cut a forward pass must run and give
+    the original output shape, or :class:`SurgeryError` is raised.
     """
     pruned = copy.deepcopy(model)
-    skipped = graph.skipped if graph is not None else ()
-    ignore = graph.ignore if graph is not None else ()
-    target = PruneGraph(pruned, example_input, ignore=ignore, skipped=skipped)
+    target = PruneGraph(pruned, example_input, ignore=plan.ignore, skipped=plan.skipped)
     known = {g.id: g for g in target.groups}
     for group_id, keep in plan.keep.items():
         group = known.get(group_id)

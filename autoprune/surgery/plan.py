@@ -17,6 +17,8 @@ class PruningPlan:
 
     keep: Mapping[str, tuple[int, ...]]
     channels: Mapping[str, int]
+    ignore: tuple[str, ...] = ()  # layers never pruned (the head), as the graph was built
+    skipped: tuple[str, ...] = ()  # groups torch-pruning could not cut, left whole
 
     def __post_init__(self) -> None:
         for group_id, kept in self.keep.items():
@@ -27,15 +29,26 @@ class PruningPlan:
                 raise SurgeryError(f"plan for {group_id!r} must keep a sorted, non-empty subset of range({n})")
 
     @classmethod
-    def from_keep(cls, keep: Mapping[str, Sequence[int]], channels: Mapping[str, int]) -> PruningPlan:
+    def from_keep(
+        cls,
+        keep: Mapping[str, Sequence[int]],
+        channels: Mapping[str, int],
+        *,
+        ignore: Sequence[str] = (),
+        skipped: Sequence[str] = (),
+    ) -> PruningPlan:
         return cls(
             keep={g: tuple(sorted(int(i) for i in idx)) for g, idx in keep.items()},
             channels={g: int(channels[g]) for g in keep},
+            ignore=tuple(ignore),
+            skipped=tuple(skipped),
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": PLAN_VERSION,
+            "ignore": list(self.ignore),
+            "skipped": list(self.skipped),
             "groups": {g: {"channels": self.channels[g], "keep": list(k)} for g, k in self.keep.items()},
         }
 
@@ -44,9 +57,15 @@ class PruningPlan:
         if data.get("version") != PLAN_VERSION or not isinstance(data.get("groups"), dict):
             raise SurgeryError(f"not a version-{PLAN_VERSION} pruning plan")
         groups = data["groups"]
-        return cls.from_keep(
-            {g: v["keep"] for g, v in groups.items()}, {g: v["channels"] for g, v in groups.items()}
-        )
+        try:
+            return cls.from_keep(
+                {g: v["keep"] for g, v in groups.items()},
+                {g: v["channels"] for g, v in groups.items()},
+                ignore=data.get("ignore", ()),
+                skipped=data.get("skipped", ()),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SurgeryError(f"malformed pruning plan: {exc}") from exc
 
     def widths(self) -> dict[str, int]:
         return {g: len(k) for g, k in self.keep.items()}

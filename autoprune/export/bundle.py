@@ -1,0 +1,73 @@
+"""Write the pruned model out: safetensors + spec, ONNX (checked with onnxruntime), torch.export."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from autoprune.errors import ExportError
+from autoprune.export.spec import ModelSpec
+from autoprune.measure import onnx_session
+
+log = logging.getLogger(__name__)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temp file + rename), so readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def save_weights(model: nn.Module, path: Path, spec: ModelSpec) -> None:
+    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(tensors, str(path), metadata={"format": "autoprune", "arch": spec.arch})
+
+
+def export_onnx(model: nn.Module, path: Path, example_input: torch.Tensor, *, atol: float = 1e-4) -> float:
+    """Export with the torch.export-based exporter (one file, dynamic batch) and compare the
+    onnxruntime output with torch's on a random batch; returns the max abs difference."""
+    model.eval()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    try:
+        torch.onnx.export(
+            model,
+            (example_input,),
+            str(path),
+            dynamo=True,
+            external_data=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_shapes=({0: batch},),
+            verbose=False,
+        )
+    except Exception as exc:  # the exporter raises many unrelated types
+        raise ExportError(f"ONNX export failed: {exc}") from exc
+    x = torch.randn(3, *example_input.shape[1:], generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = model(x).numpy()
+    got = onnx_session(path).run(None, {"input": x.numpy()})[0]
+    diff = float(np.abs(got - expected).max())
+    if diff > atol:
+        raise ExportError(f"onnxruntime output differs from torch by {diff:.3g} (> {atol})")
+    return diff
+
+
+def export_pt2(model: nn.Module, path: Path, example_input: torch.Tensor) -> None:
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    try:
+        program = torch.export.export(model.eval(), (example_input,), dynamic_shapes=({0: batch},))
+        torch.export.save(program, str(path))
+    except Exception as exc:
+        raise ExportError(f"torch.export failed: {exc}") from exc

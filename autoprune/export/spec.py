@@ -1,0 +1,96 @@
+"""spec.json: what rebuilds a pruned model from its architecture name and plans alone."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoprune.errors import ModelIntakeError
+from autoprune.models import create_model, load_weights
+from autoprune.surgery import PruningPlan, apply_plan
+
+SPEC_FORMAT = "autoprune.spec"
+SPEC_VERSION = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """Architecture, input geometry, input normalisation and the plans applied, in order."""
+
+    arch: str
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    plans: tuple[PruningPlan, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": SPEC_FORMAT,
+            "version": SPEC_VERSION,
+            "arch": self.arch,
+            "num_classes": self.num_classes,
+            "input_shape": list(self.input_shape),
+            "normalization": {"mean": list(self.mean), "std": list(self.std)},
+            "plans": [p.to_dict() for p in self.plans],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
+        if data.get("format") != SPEC_FORMAT or data.get("version") != SPEC_VERSION:
+            raise ModelIntakeError(f"not an {SPEC_FORMAT} version {SPEC_VERSION} file")
+        try:
+            return cls(
+                arch=str(data["arch"]),
+                num_classes=int(data["num_classes"]),
+                input_shape=tuple(int(v) for v in data["input_shape"]),  # type: ignore[arg-type]
+                mean=tuple(float(v) for v in data["normalization"]["mean"]),
+                std=tuple(float(v) for v in data["normalization"]["std"]),
+                plans=tuple(PruningPlan.from_dict(p) for p in data["plans"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelIntakeError(f"malformed spec: {exc}") from exc
+
+    def evolve_plans(self, plans: Sequence[PruningPlan]) -> ModelSpec:
+        return ModelSpec(
+            arch=self.arch,
+            num_classes=self.num_classes,
+            input_shape=self.input_shape,
+            mean=self.mean,
+            std=self.std,
+            plans=tuple(plans),
+        )
+
+    def example_input(self) -> torch.Tensor:
+        return torch.zeros(1, *self.input_shape)
+
+    def build(self) -> nn.Module:
+        """A fresh, randomly initialised instance with every plan applied (the pruned shapes)."""
+        model = create_model(self.arch, num_classes=self.num_classes, in_channels=self.input_shape[0])
+        for plan in self.plans:
+            model = apply_plan(model, self.example_input(), plan)
+        return model.eval()
+
+
+def read_spec(spec: str | Path | Mapping[str, Any] | ModelSpec) -> ModelSpec:
+    if isinstance(spec, ModelSpec):
+        return spec
+    if isinstance(spec, Mapping):
+        return ModelSpec.from_dict(spec)
+    try:
+        return ModelSpec.from_dict(json.loads(Path(spec).read_text()))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelIntakeError(f"cannot read spec {spec}: {exc}") from exc
+
+
+def load_pruned(spec: str | Path | Mapping[str, Any] | ModelSpec, weights: str | Path) -> nn.Module:
+    """Rebuild a pruned model from ``spec.json`` and ``model.safetensors`` alone (no pickle)."""
+    model = read_spec(spec).build()
+    load_weights(model, weights)
+    return model.eval()

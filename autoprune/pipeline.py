@@ -1,0 +1,320 @@
+"""JobSpec → intake → score → allocate → cut → fine-tune → export → report.
+
+One code path for the CLI, the job worker and the benchmarks. It composes the stages and owns
+none of them; each stage reports ``(stage, fraction, metrics)`` through ``progress``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch_pruning
+from torch import nn
+
+from autoprune.allocate import allocate, make_plan
+from autoprune.data import ImageData, iterate_batches, load_data
+from autoprune.errors import CancelledError, SurgeryError
+from autoprune.export import ModelSpec, export_onnx, export_pt2, save_weights, write_json
+from autoprune.finetune import evaluate, finetune
+from autoprune.graph import build_graph
+from autoprune.importance import get_criterion
+from autoprune.measure import CostModel, count_cost, onnx_latency_ms, torch_latency_ms
+from autoprune.models import create_model, load_weights
+from autoprune.surgery import PruningPlan, apply_plan
+from autoprune.types import Budget, FinetuneConfig, JobSpec
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, float, dict[str, Any]], None]
+STAGES = ("intake", "baseline", "importance", "allocation", "surgery", "finetune", "export")
+
+DEFAULT_CRITERION = {"uniform": "l1", "global": "taylor"}
+
+
+def _quiet(stage: str, fraction: float, metrics: dict[str, Any]) -> None:
+    return None
+
+
+class Timer:
+    """Wall seconds per stage, summed over iterative steps."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
+def calibration(data: ImageData, batches: int, seed: int) -> Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
+    """The same ``batches`` shuffled training batches each call (no augmentation)."""
+
+    def batches_fn() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        generator = torch.Generator().manual_seed(seed)
+        return iterate_batches(data, "train", 64, shuffle=True, generator=generator, limit=batches)
+
+    return batches_fn
+
+
+def intake(spec: JobSpec) -> tuple[nn.Module, ImageData]:
+    data = load_data(spec.data)
+    torch.manual_seed(spec.seed)
+    model = create_model(spec.arch, num_classes=data.num_classes, in_channels=data.input_shape[0])
+    if spec.weights:
+        load_weights(model, spec.weights)
+    return model.eval(), data
+
+
+def step_targets(budget: Budget, steps: int) -> list[Budget]:
+    """Budgets of an iterative schedule: the kept fraction shrinks geometrically to the target."""
+    return [Budget(kind=budget.kind, value=budget.value ** ((i + 1) / steps)) for i in range(steps)]
+
+
+def prune_once(
+    model: nn.Module,
+    data: ImageData,
+    spec: JobSpec,
+    budget: Budget,
+    reference: tuple[int, int],
+    timer: Timer,
+    progress: Progress,
+) -> tuple[nn.Module, PruningPlan, dict[str, Any]]:
+    """Score, allocate and cut one step; the result meets ``budget`` on the measured cost."""
+    example = torch.zeros(1, *data.input_shape)
+    criterion_name = spec.criterion or DEFAULT_CRITERION.get(spec.method, "l1")
+    with timer("importance"):
+        progress("importance", 0.0, {"criterion": criterion_name})
+        graph = build_graph(model, example)
+        criterion = get_criterion(criterion_name)
+        batches = calibration(data, spec.calibration_batches, spec.seed) if criterion.needs_data else None
+        scores = criterion.score(graph, batches)
+        progress("importance", 1.0, {"groups": len(graph.groups), "skipped": list(graph.skipped)})
+    index = 0 if budget.kind == "flops" else 1
+    cost_model = CostModel(graph, count_cost(model, example))
+    target = budget
+    for attempt in range(3):
+        with timer("allocation"):
+            progress("allocation", 0.0, {"method": spec.method})
+            allocation = allocate(spec.method, graph, scores, cost_model, target, reference=reference, seed=spec.seed)
+            plan = make_plan(graph, scores, allocation.keep)
+            progress("allocation", 1.0, {"predicted": allocation.cost / reference[index]})
+        with timer("surgery"):
+            pruned = apply_plan(model, example, plan)
+            measured = count_cost(pruned, example)
+            progress("surgery", 1.0, {"macs": measured.macs, "params": measured.params})
+        achieved = (measured.macs, measured.params)[index] / reference[index]
+        if achieved <= budget.value + 1e-12:
+            diagnostics = {
+                "criterion": criterion_name,
+                "skipped_layers": list(graph.skipped),
+                "predicted_fraction": allocation.cost / reference[index],
+                "achieved_fraction": achieved,
+                **dict(allocation.diagnostics),
+            }
+            return pruned, plan, diagnostics
+        log.warning("pruned model keeps %.4f > %.4f of %s; tightening", achieved, budget.value, budget.kind)
+        target = Budget(kind=budget.kind, value=target.value * budget.value / achieved * 0.999)
+    raise SurgeryError(f"could not meet {budget} after 3 attempts (last: {achieved:.4f})")
+
+
+def _latencies(model: nn.Module, input_shape: tuple[int, ...], spec: JobSpec, onnx_path: Path | None) -> dict[str, float]:
+    batch = spec.budget.batch_size
+    out = {"torch": torch_latency_ms(model, input_shape, batch_size=batch, repeats=spec.latency_repeats)}
+    if onnx_path is not None:
+        out["onnxruntime"] = onnx_latency_ms(onnx_path, input_shape, batch_size=batch, repeats=spec.latency_repeats)
+    return out
+
+
+def run(
+    spec: JobSpec,
+    *,
+    progress: Progress = _quiet,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Prune, fine-tune and export one model; writes ``spec.out_dir`` and returns the report."""
+    out = Path(spec.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timer = Timer()
+
+    def check_cancel() -> None:
+        if should_stop is not None and should_stop():
+            raise CancelledError("the job was cancelled")
+
+    with timer("intake"):
+        progress("intake", 0.0, {})
+        model, data = intake(spec)
+        example = torch.zeros(1, *data.input_shape)
+        progress("intake", 1.0, {"classes": data.num_classes, "train": len(data.train_y), "test": len(data.test_y)})
+    check_cancel()
+    with timer("baseline"):
+        before = count_cost(model, example)
+        eval_before = evaluate(model, data)
+        progress("baseline", 1.0, {"accuracy": eval_before.accuracy, "macs": before.macs})
+    teacher = copy.deepcopy(model).eval()
+    reference = (before.macs, before.params)
+
+    steps = spec.iterative_steps if spec.schedule == "iterative" else 1
+    step_epochs = _split_epochs(spec.finetune.epochs, steps)
+    plans: list[PruningPlan] = []
+    diagnostics: list[dict[str, Any]] = []
+    history: list[dict[str, Any]] = []
+    eval_pruned = None
+    for step, (target, epochs) in enumerate(zip(step_targets(spec.budget, steps), step_epochs, strict=True)):
+        check_cancel()
+        model, plan, diag = prune_once(model, data, spec, target, reference, timer, progress)
+        plans.append(plan)
+        diagnostics.append(diag)
+        if eval_pruned is None:
+            eval_pruned = evaluate(model, data)
+        if epochs:
+            with timer("finetune"):
+                cfg = spec.finetune.evolve(epochs=epochs)
+                done = sum(step_epochs[:step])
+                total = max(1, sum(step_epochs))
+                stats = finetune(
+                    model,
+                    data,
+                    cfg,
+                    teacher=teacher,
+                    seed=spec.seed + step,
+                    should_stop=should_stop,
+                    on_progress=lambda f, m: progress("finetune", (done + f * epochs) / total, m),
+                )
+                history.extend({"step": step + 1, **asdict(s)} for s in stats)
+    after = count_cost(model, example)
+    eval_after = evaluate(model, data)
+    check_cancel()
+
+    model_spec = ModelSpec(
+        arch=spec.arch,
+        num_classes=data.num_classes,
+        input_shape=data.input_shape,
+        mean=data.mean,
+        std=data.std,
+        plans=tuple(plans),
+    )
+    with timer("export"):
+        progress("export", 0.0, {})
+        save_weights(model, out / "model.safetensors", model_spec)
+        write_json(out / "spec.json", model_spec.to_dict())
+        onnx_diff = None
+        onnx_path = None
+        if spec.export_onnx:
+            onnx_path = out / "model.onnx"
+            onnx_diff = export_onnx(model, onnx_path, example)
+        if spec.export_pt2:
+            export_pt2(model, out / "model.pt2", example)
+        progress("export", 0.5, {"onnx_max_abs_diff": onnx_diff})
+        with tempfile.TemporaryDirectory() as tmp:
+            original_onnx = None
+            if spec.export_onnx:
+                original_onnx = Path(tmp) / "original.onnx"
+                export_onnx(teacher, original_onnx, example)
+            latency_before = _latencies(teacher, data.input_shape, spec, original_onnx)
+        latency_after = _latencies(model, data.input_shape, spec, onnx_path)
+        progress("export", 1.0, {})
+
+    report = {
+        "arch": spec.arch,
+        "data": spec.data,
+        "method": spec.method,
+        "criterion": diagnostics[0]["criterion"],
+        "budget": spec.budget.to_dict(),
+        "schedule": spec.schedule,
+        "seed": spec.seed,
+        "macs_before": before.macs,
+        "macs_after": after.macs,
+        "flops_before": 2 * before.macs,
+        "flops_after": 2 * after.macs,
+        "flops_ratio": after.macs / before.macs,
+        "params_before": before.params,
+        "params_after": after.params,
+        "params_ratio": after.params / before.params,
+        "latency_ms_before": latency_before["torch"],
+        "latency_ms_after": latency_after["torch"],
+        "latency": {"batch_size": spec.budget.batch_size, "before": latency_before, "after": latency_after},
+        "accuracy_before": eval_before.accuracy,
+        "accuracy_pruned": eval_pruned.accuracy if eval_pruned else eval_before.accuracy,
+        "accuracy_after": eval_after.accuracy,
+        "loss_before": eval_before.loss,
+        "loss_after": eval_after.loss,
+        "onnx_max_abs_diff": onnx_diff,
+        "layers": _layer_table(before, after),
+        "allocation": diagnostics,
+        "finetune": {"config": spec.finetune.to_dict(), "history": history},
+        "timings": {stage: round(s, 3) for stage, s in timer.seconds.items()},
+        "versions": {"torch": torch.__version__, "torch_pruning": torch_pruning.__version__},
+        "notes": "MACs count conv+linear multiply-accumulates per sample; FLOPs = 2 x MACs.",
+    }
+    write_json(out / "report.json", report)
+    progress("done", 1.0, {"accuracy": eval_after.accuracy})
+    return report
+
+
+def _split_epochs(epochs: int, steps: int) -> list[int]:
+    """Spread the fine-tune epochs over the steps, the remainder going to the last step."""
+    base = epochs // steps
+    return [base] * (steps - 1) + [epochs - base * (steps - 1)]
+
+
+def _layer_table(before: Any, after: Any) -> list[dict[str, Any]]:
+    pruned = {layer.name: layer for layer in after.layers}
+    return [
+        {
+            "name": layer.name,
+            "kind": layer.kind,
+            "channels_before": layer.out_channels,
+            "channels_after": pruned[layer.name].out_channels,
+            "in_channels_before": layer.in_channels,
+            "in_channels_after": pruned[layer.name].in_channels,
+            "macs_before": layer.macs,
+            "macs_after": pruned[layer.name].macs,
+        }
+        for layer in before.layers
+        if layer.name in pruned
+    ]
+
+
+def train_baseline(
+    arch: str,
+    data_ref: str,
+    out: str | Path,
+    *,
+    epochs: int,
+    cfg: FinetuneConfig | None = None,
+    seed: int = 0,
+    progress: Progress = _quiet,
+) -> dict[str, Any]:
+    """Train an architecture from scratch and save ``model.safetensors`` (for demos and benchmarks)."""
+    data = load_data(data_ref)
+    torch.manual_seed(seed)
+    model = create_model(arch, num_classes=data.num_classes, in_channels=data.input_shape[0])
+    cfg = (cfg or FinetuneConfig(lr=0.1, distill=False)).evolve(epochs=epochs, distill=False)
+    stats = finetune(model, data, cfg, seed=seed, on_progress=lambda f, m: progress("train", f, m))
+    result = evaluate(model, data)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    spec = ModelSpec(
+        arch=arch, num_classes=data.num_classes, input_shape=data.input_shape, mean=data.mean, std=data.std
+    )
+    save_weights(model, path, spec)
+    return {
+        "accuracy": result.accuracy,
+        "loss": result.loss,
+        "epochs": epochs,
+        "history": [asdict(s) for s in stats],
+        "weights": str(path),
+    }

@@ -1,0 +1,110 @@
+"""The allocation problem and the allocator interface. Pure numbers: no torch here.
+
+An allocator decides how many channels each group keeps. It sees groups as counts of *units*: a
+unit is one channel, or, for a group consumed by a group convolution with ``blocks`` blocks, the
+same position in every block (``blocks`` channels that go together).
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+class InfeasibleBudget(ValueError):
+    """No allocation within the width limits meets the budget."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class GroupSpec:
+    id: str
+    channels: int
+    blocks: int = 1
+    min_units: int = 1
+
+    def __post_init__(self) -> None:
+        if self.channels < 1 or self.blocks < 1 or self.channels % self.blocks:
+            raise ValueError(f"group {self.id}: {self.channels} channels do not split into {self.blocks} blocks")
+        if not 1 <= self.min_units <= self.units:
+            raise ValueError(f"group {self.id}: min_units must lie in [1, {self.units}]")
+
+    @property
+    def units(self) -> int:
+        return self.channels // self.blocks
+
+
+@dataclass(frozen=True, kw_only=True)
+class AllocationProblem:
+    """Keep counts to choose so that ``cost(channels kept per group) <= budget``.
+
+    ``scores`` holds one non-negative score per channel of each group. ``evaluate`` (optional,
+    for search methods) returns a quality proxy, higher is better, for a channel allocation.
+    """
+
+    groups: tuple[GroupSpec, ...]
+    scores: Mapping[str, np.ndarray]
+    cost: Callable[[Mapping[str, int]], float]
+    budget: float
+    evaluate: Callable[[Mapping[str, int]], float] | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for g in self.groups:
+            s = self.scores.get(g.id)
+            if s is None or len(s) != g.channels or not np.all(np.isfinite(s)):
+                raise ValueError(f"group {g.id}: needs {g.channels} finite scores")
+
+    def unit_scores(self, group: GroupSpec) -> np.ndarray:
+        """Score of each unit: the mean over the blocks of the channel scores at that position."""
+        return np.asarray(self.scores[group.id], dtype=np.float64).reshape(group.blocks, group.units).mean(0)
+
+    def channels(self, units: Mapping[str, int]) -> dict[str, int]:
+        by_id = {g.id: g for g in self.groups}
+        return {gid: n * by_id[gid].blocks for gid, n in units.items()}
+
+    def cost_of_units(self, units: Mapping[str, int]) -> float:
+        return float(self.cost(self.channels(units)))
+
+    def check_feasible(self) -> None:
+        floor = self.cost_of_units({g.id: g.min_units for g in self.groups})
+        if floor > self.budget:
+            raise InfeasibleBudget(
+                f"even the narrowest allowed network costs {floor:.4g} > budget {self.budget:.4g}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Allocation:
+    """Channels kept per group, the predicted cost, and what the solver wants reported."""
+
+    keep: Mapping[str, int]
+    cost: float
+    diagnostics: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Allocator(abc.ABC):
+    """Chooses keep counts for an :class:`AllocationProblem`."""
+
+    @abc.abstractmethod
+    def allocate(self, problem: AllocationProblem) -> Allocation: ...
+
+
+def largest_feasible(n: int, cost_at: Callable[[int], float], budget: float) -> int:
+    """Largest k in [0, n] with cost_at(k) <= budget, for cost non-decreasing in k (bisection)."""
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if cost_at(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def ceil_units(ratio: float, group: GroupSpec) -> int:
+    return min(group.units, max(group.min_units, math.ceil(ratio * group.units - 1e-9)))

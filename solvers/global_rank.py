@@ -1,0 +1,43 @@
+"""Global ranking: keep the best-scored channels network-wide until the budget is spent.
+
+Scores are made comparable across groups by dividing each group's scores by their L2 norm (the
+per-layer normalisation of Molchanov et al. 2017, applied to every criterion). Each group keeps
+at least its ``min_units`` best units; the remaining units are ranked together and the longest
+prefix of the ranking that fits the budget is kept (bisection on the real cost function, which
+is monotone in the prefix length). Per-layer ratios fall out of the ranking.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from solvers.base import Allocation, AllocationProblem, Allocator, largest_feasible
+
+
+class GlobalRank(Allocator):
+    def allocate(self, problem: AllocationProblem) -> Allocation:
+        problem.check_feasible()
+        floor: dict[str, int] = {}
+        pool: list[tuple[float, str]] = []
+        for g in problem.groups:
+            scores = problem.unit_scores(g)
+            norm = float(np.linalg.norm(scores))
+            normalised = scores / norm if norm > 0 else np.full_like(scores, 1.0 / np.sqrt(len(scores)))
+            ranked = np.sort(normalised)[::-1]
+            floor[g.id] = g.min_units
+            pool.extend((float(s), g.id) for s in ranked[g.min_units :])
+        pool.sort(key=lambda item: -item[0])
+
+        def units_at(k: int) -> dict[str, int]:
+            units = dict(floor)
+            for _, gid in pool[:k]:
+                units[gid] += 1
+            return units
+
+        k = largest_feasible(len(pool), lambda k: problem.cost_of_units(units_at(k)), problem.budget)
+        units = units_at(k)
+        return Allocation(
+            keep=problem.channels(units),
+            cost=problem.cost_of_units(units),
+            diagnostics={"ranked_units": len(pool), "kept_units": k, "threshold": pool[k - 1][0] if k else None},
+        )
