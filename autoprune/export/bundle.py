@@ -27,6 +27,7 @@ def write_json(path: Path, data: Any) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=2)
         f.write("\n")
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
@@ -35,10 +36,16 @@ def save_weights(model: nn.Module, path: Path, spec: ModelSpec) -> None:
     save_file(tensors, str(path), metadata={"format": "autoprune", "arch": spec.arch})
 
 
+def _batch_of_two(example_input: torch.Tensor) -> torch.Tensor:
+    """Export traces with batch 2: with batch 1, torch.export specialises the batch dimension."""
+    return torch.zeros(2, *example_input.shape[1:])
+
+
 def export_onnx(model: nn.Module, path: Path, example_input: torch.Tensor, *, atol: float = 1e-4) -> float:
     """Export with the torch.export-based exporter (one file, dynamic batch) and compare the
     onnxruntime output with torch's on a random batch; returns the max abs difference."""
     model.eval()
+    example_input = _batch_of_two(example_input)
     batch = torch.export.Dim("batch", min=1, max=4096)
     try:
         torch.onnx.export(
@@ -67,7 +74,7 @@ def export_onnx(model: nn.Module, path: Path, example_input: torch.Tensor, *, at
 def export_pt2(model: nn.Module, path: Path, example_input: torch.Tensor) -> None:
     batch = torch.export.Dim("batch", min=1, max=4096)
     try:
-        program = torch.export.export(model.eval(), (example_input,), dynamic_shapes=({0: batch},))
+        program = torch.export.export(model.eval(), (_batch_of_two(example_input),), dynamic_shapes=({0: batch},))
         torch.export.save(program, str(path))
     except Exception as exc:
         raise ExportError(f"torch.export failed: {exc}") from exc
