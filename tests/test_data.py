@@ -357,7 +357,7 @@ def test_missing_archive_is_a_data_error(tmp_path: Path) -> None:
 
 
 def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes]], mode: str = "w") -> Path:
-    with tarfile.open(path, mode) as tf:
+    with tarfile.open(path, mode, format=tarfile.PAX_FORMAT) as tf:
         for info, data in members:
             info.size = len(data) if info.isreg() else 0
             tf.addfile(info, io.BytesIO(data) if info.isreg() else None)
@@ -385,6 +385,13 @@ def _zip_symlink(name: str, target: str) -> zipfile.ZipInfo:
     return info
 
 
+def _pax_member(name: str, header_bytes: int) -> tarfile.TarInfo:
+    """A member whose pax header alone is ``header_bytes`` long; tarfile reads it into memory whole."""
+    info = _tar_member(name)
+    info.pax_headers = {"comment": "a" * header_bytes}
+    return info
+
+
 GOOD = [("ok/a.txt", b"fine"), ("ok/b.txt", b"also fine")]
 
 
@@ -406,7 +413,8 @@ def _attacks(tmp: Path) -> dict[str, tuple[Path, ArchiveLimits, str]]:
         "zip-backslash": (_zip(tmp / "b.zip", [*GOOD, ("..\\evil", b"x")]), default, "backslash"),
         "zip-symlink": (_zip(tmp / "s.zip", [*GOOD, (_zip_symlink("link", "/etc/passwd"), b"/etc/passwd")]),
                         default, "'link' is a symlink"),
-        "zip-bomb-member": (bomb_zip, ArchiveLimits(max_member_bytes=1 << 20, max_ratio=1e9), "'zeros.bin'.*max_member_bytes"),
+        "zip-bomb-member": (bomb_zip, ArchiveLimits(max_member_bytes=1 << 20, max_ratio=1e9),
+                            "'zeros.bin'.*max_member_bytes"),
         "zip-bomb-total": (bomb_zip, ArchiveLimits(max_total_bytes=10 << 20, max_ratio=1e9), "max_total_bytes"),
         "zip-bomb-ratio": (bomb_zip, default, "max_ratio=200"),
         "zip-too-many": (_zip(tmp / "m.zip", [(f"f{i}", b"x") for i in range(10)]), ArchiveLimits(max_members=5),
@@ -429,6 +437,8 @@ def _attacks(tmp: Path) -> dict[str, tuple[Path, ArchiveLimits, str]]:
                          ArchiveLimits(max_members=5), "max_members=5"),
         "tar-member-bytes": (_tar(tmp / "big.tar", [*good_tar, (_tar_member("big"), bytes(3000))]),
                              ArchiveLimits(max_member_bytes=2048), "'big'.*max_member_bytes"),
+        "tar-pax-header-bomb": (_tar(tmp / "pax.tar", [(_pax_member("a.txt", 3 << 20), b"x")]),
+                                ArchiveLimits(max_total_bytes=1 << 20, max_members=10), "bytes of tar stream"),
         "tgz-bomb-ratio": (tmp / "bomb.tar.gz", default, "max_ratio=200"),
         "tgz-bomb-total": (tmp / "bomb.tar.gz", ArchiveLimits(max_total_bytes=4 << 20, max_ratio=1e9),
                            "max_total_bytes"),
@@ -445,7 +455,8 @@ def attacks(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, t
 ATTACK_NAMES = [
     "zip-traversal", "zip-absolute", "zip-backslash", "zip-symlink", "zip-bomb-member", "zip-bomb-total",
     "zip-bomb-ratio", "zip-too-many", "tar-traversal", "tar-absolute", "tar-symlink", "tar-symlink-then-write",
-    "tar-hardlink", "tar-fifo", "tar-device", "tar-duplicate", "tar-too-many", "tar-member-bytes", "tgz-bomb-ratio",
+    "tar-hardlink", "tar-fifo", "tar-device", "tar-duplicate", "tar-too-many", "tar-member-bytes",
+    "tar-pax-header-bomb", "tgz-bomb-ratio",
     "tgz-bomb-total",
 ]
 

@@ -228,11 +228,12 @@ def _extract_zip(archive: Path, writer: _Writer) -> None:
 
 
 def _check_zip_member(info: zipfile.ZipInfo) -> None:
-    """Unix mode bits live in the high 16 bits of external_attr; 0 means 'made on DOS', a plain file."""
+    """Unix mode bits live in the high 16 bits of external_attr; no file-type bits means a plain file
+    (DOS-made zips, and Python's ``writestr`` which sets permissions only)."""
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
         raise UnsafeInputError(f"zip member {info.filename!r} is a symlink; only files and directories are allowed")
-    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+    if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
         raise UnsafeInputError(
             f"zip member {info.filename!r} is a special file (mode {oct(mode)}); only files and directories are allowed"
         )

@@ -76,7 +76,12 @@ def load_digits(limits: DataLimits = DataLimits()) -> ImageData:
     train_idx, test_idx = train_test_split(np.arange(len(y)), test_size=0.2, random_state=0, stratify=bunch.target)
     train_idx, test_idx = torch.from_numpy(train_idx), torch.from_numpy(test_idx)
     return ImageData.build(
-        name="digits", train_x=x[train_idx], train_y=y[train_idx], test_x=x[test_idx], test_y=y[test_idx], num_classes=10
+        name="digits",
+        train_x=x[train_idx],
+        train_y=y[train_idx],
+        test_x=x[test_idx],
+        test_y=y[test_idx],
+        num_classes=10,
     )
 
 
@@ -160,7 +165,9 @@ def _check_headers(
     layout, _, h, w = _layout(x_shape, path)
     _check_count(x_shape[0], limits, str(path))
     if h * w > limits.max_pixels_per_image:
-        raise UnsafeInputError(f"{path}: images are {h}x{w}, more than max_pixels_per_image={limits.max_pixels_per_image}")
+        raise UnsafeInputError(
+            f"{path}: images are {h}x{w}, more than max_pixels_per_image={limits.max_pixels_per_image}"
+        )
     return layout, x_shape, y_shape
 
 

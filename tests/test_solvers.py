@@ -1,0 +1,95 @@
+"""Allocators: exact budgets on real cost models, known optima on toy problems, clear infeasibility."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import build
+
+from autoprune.allocate import allocate, make_plan
+from autoprune.errors import BudgetError
+from autoprune.graph import build_graph
+from autoprune.importance import get_criterion
+from autoprune.measure import CostModel, count_cost
+from autoprune.surgery import apply_plan
+from autoprune.types import Budget
+from solvers import ALLOCATORS, AllocationProblem, GroupSpec, InfeasibleBudget, get_allocator
+
+X = torch.zeros(1, 3, 32, 32)
+
+
+@pytest.fixture(scope="module", params=["resnet20", "cifar_vgg16_bn"])
+def setup(request):
+    model = build(request.param)
+    graph = build_graph(model, X)
+    report = count_cost(model, X)
+    return model, graph, CostModel(graph, report), report, get_criterion("l1").score(graph)
+
+
+@pytest.mark.parametrize("method", sorted(ALLOCATORS))
+@pytest.mark.parametrize("kind", ["flops", "params"])
+@pytest.mark.parametrize("fraction", [0.3, 0.5, 0.8])
+def test_budget_is_met_within_one_percent_below(setup, method, kind, fraction):
+    model, graph, cost_model, report, scores = setup
+    allocation = allocate(
+        method, graph, scores, cost_model, Budget(kind=kind, value=fraction), reference=(report.macs, report.params)
+    )
+    pruned = apply_plan(model, X, make_plan(graph, scores, allocation.keep))
+    measured = count_cost(pruned, X)
+    achieved = (measured.macs / report.macs) if kind == "flops" else (measured.params / report.params)
+    assert fraction - 0.01 <= achieved <= fraction
+
+
+def test_impossible_budget_is_a_clear_error(setup):
+    _, graph, cost_model, report, scores = setup
+    with pytest.raises(BudgetError, match="cannot be met"):
+        allocate("global", graph, scores, cost_model, Budget(kind="flops", value=0.001), reference=(report.macs, report.params))
+
+
+def test_unknown_allocator_lists_the_known_ones(setup):
+    _, graph, cost_model, report, scores = setup
+    with pytest.raises(BudgetError, match="uniform"):
+        allocate("nope", graph, scores, cost_model, Budget(kind="flops", value=0.5), reference=(report.macs, report.params))
+
+
+def toy(budget: float, scores: dict[str, list[float]], blocks: int = 1) -> AllocationProblem:
+    groups = tuple(GroupSpec(id=k, channels=len(v), blocks=blocks) for k, v in scores.items())
+    return AllocationProblem(
+        groups=groups,
+        scores={k: np.array(v) for k, v in scores.items()},
+        cost=lambda keep: float(sum(keep.values())),  # cost = channels kept
+        budget=budget,
+    )
+
+
+def test_global_ranking_keeps_the_best_normalised_channels():
+    # After per-group L2 normalisation: a = [.8, .6, 0], b = [.28, .96]; best 3 of the
+    # non-mandatory units (each group keeps its best one) are a: .6 and b: .28 → budget 4.
+    problem = toy(4, {"a": [4, 3, 0], "b": [1, 3.43]})
+    allocation = get_allocator("global").allocate(problem)
+    assert dict(allocation.keep) == {"a": 2, "b": 2}
+    assert allocation.cost == 4
+
+
+def test_uniform_keeps_equal_ratios_up_to_one_unit():
+    problem = toy(6, {"a": [1.0] * 4, "b": [1.0] * 8})
+    keep = get_allocator("uniform").allocate(problem).keep
+    assert sum(keep.values()) == 6 and abs(keep["a"] / 4 - keep["b"] / 8) <= 1 / 4
+
+
+def test_blocks_move_together():
+    problem = toy(4, {"a": [5, 1, 5, 1]}, blocks=2)  # 2 units of 2 channels
+    assert get_allocator("global").allocate(problem).keep["a"] in (2, 4)
+    assert get_allocator("uniform").allocate(problem).keep["a"] == 4
+
+
+def test_infeasible_and_invalid_problems():
+    with pytest.raises(InfeasibleBudget):
+        get_allocator("global").allocate(toy(1, {"a": [1, 2], "b": [1, 2]}))
+    with pytest.raises(ValueError):
+        toy(3, {"a": [1.0, float("nan")]})
+    with pytest.raises(ValueError):
+        GroupSpec(id="a", channels=6, blocks=4)
+    with pytest.raises(KeyError):
+        get_allocator("nap-that-does-not-exist")
