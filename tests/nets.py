@@ -48,3 +48,21 @@ class TinyResNeXt(nn.Module):
         x = self.stem(x)
         x = self.relu(x + self.expand(self.grouped(self.reduce(x))))
         return self.fc(self.pool(x).flatten(1))
+
+
+class FoldNet(nn.Module):
+    """Folds channel pairs with a reshape: torch-pruning maps the producer's channels wrongly."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.a = conv_bn(3, 8)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.c = conv_bn(4, 8, k=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.b(self.a(x))
+        n, c, h, w = x.shape
+        x = x.view(n, 2, c // 2, h, w).sum(1)
+        return self.fc(self.pool(self.c(x)).flatten(1))

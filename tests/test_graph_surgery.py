@@ -110,3 +110,32 @@ def test_malformed_plans_are_refused():
         PruningPlan.from_keep({"conv1": [0, 16]}, {"conv1": 16})
     with pytest.raises(SurgeryError):
         PruningPlan.from_dict({"version": 99, "groups": {}})
+
+
+def test_layers_the_graph_cannot_cut_are_left_whole_with_a_warning_and_the_budget_still_met(caplog):
+    from nets import FoldNet
+
+    from autoprune.allocate import allocate, make_plan
+    from autoprune.importance import get_criterion
+    from autoprune.types import Budget
+
+    torch.manual_seed(0)
+    model = FoldNet().eval()
+    graph = build_graph(model, X[:1])
+    assert graph.skipped == ("b",) and "b" in caplog.text
+    report = count_cost(model, X[:1])
+    scores = get_criterion("l1").score(graph)
+    allocation = allocate(
+        "global", graph, scores, CostModel(graph, report), Budget(kind="flops", value=0.6), reference=(report.macs, report.params)
+    )
+    pruned = apply_plan(model, X[:1], make_plan(graph, scores, allocation.keep))
+    assert pruned.b.out_channels == 8
+    # one channel of `a` is ~11% of this net's MACs, so the budget is met to within that step
+    assert 0.45 <= count_cost(pruned, X[:1]).macs / report.macs <= 0.6
+
+
+def test_a_model_the_graph_cannot_trace_is_refused_clearly():
+    from autoprune.errors import UnsupportedLayerError
+
+    with pytest.raises(UnsupportedLayerError, match="dependency graph"):
+        build_graph(build("shufflenet_v2_x0_5"), X[:1])

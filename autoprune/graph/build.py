@@ -8,7 +8,6 @@ talks to it: the rest of autoprune sees :class:`ChannelGroup` value objects and 
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from collections.abc import Sequence
@@ -183,39 +182,3 @@ class PruneGraph:
         pruner = self.dg.get_pruner_of_module(root)
         tp_group = self.dg.get_pruning_group(root, pruner.prune_out_channels, removed)
         tp_group.prune(record_history=False)
-
-
-def _probe(model: nn.Module, example_input: torch.Tensor, ignore: Sequence[str], skipped: Sequence[str]) -> str | None:
-    """Remove one block of channels from every group of a copy; return the first group that breaks."""
-    trial = copy.deepcopy(model)
-    graph = PruneGraph(trial, example_input, ignore=ignore, skipped=skipped)
-    with torch.no_grad():
-        expected = trial.eval()(example_input).shape
-    for group in graph.groups:
-        keep = [i for i in range(group.channels) if i % group.block_size != group.block_size - 1]
-        try:
-            graph.prune(group.id, keep)
-            with torch.no_grad():
-                shape = trial(example_input).shape
-        except Exception as exc:  # any failure here means torch-pruning cannot handle this group
-            log.debug("probe failed on %s: %s", group.id, exc)
-            return group.id
-        if shape != expected:
-            return group.id
-    return None
-
-
-def build_graph(
-    model: nn.Module, example_input: torch.Tensor, *, ignore: Sequence[str] = (), probe: bool = True
-) -> PruneGraph:
-    """The prune graph of ``model``: the output head is never pruned, groups that torch-pruning
-    cannot cut cleanly (found by a trial cut on a copy) are left whole with a warning."""
-    ignore = tuple(dict.fromkeys((*ignore, *find_output_layers(model, example_input))))
-    skipped: list[str] = []
-    while probe:
-        bad = _probe(model, example_input, ignore, skipped)
-        if bad is None:
-            break
-        log.warning("layer %s cannot be pruned safely (dependency graph); it is left unpruned", bad)
-        skipped.append(bad)
-    return PruneGraph(model, example_input, ignore=ignore, skipped=skipped)

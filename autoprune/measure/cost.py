@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from autoprune.graph import PruneGraph
+from autoprune.graph.build import PruneGraph
 
 CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)

@@ -1,0 +1,90 @@
+"""The whole pipeline on digits: budgets met, artifacts exported and verified, plans replayable."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from autoprune.data import iterate_batches, load_data
+from autoprune.export import load_pruned
+from autoprune.measure import onnx_session
+from autoprune.pipeline import run
+from autoprune.types import Budget, FinetuneConfig, JobSpec
+
+REPORT_FIELDS = {
+    "arch", "method", "budget", "flops_before", "flops_after", "params_before", "params_after",
+    "latency_ms_before", "latency_ms_after", "accuracy_before", "accuracy_after", "layers", "timings",
+}
+
+
+def spec(tmp_path, weights, **changes) -> JobSpec:
+    base = JobSpec(
+        arch="resnet20",
+        weights=str(weights),
+        data="digits",
+        budget=Budget(kind="flops", value=0.5),
+        method="global",
+        finetune=FinetuneConfig(epochs=1, max_steps_per_epoch=8),
+        latency_repeats=3,
+        out_dir=str(tmp_path / "out"),
+    )
+    return base.evolve(**changes)
+
+
+@pytest.fixture(scope="module")
+def oneshot(tmp_path_factory, trained_resnet20):
+    tmp = tmp_path_factory.mktemp("oneshot")
+    stages = []
+    report = run(spec(tmp, trained_resnet20), progress=lambda s, f, m: stages.append(s))
+    return tmp / "out", report, stages
+
+
+def test_report_has_the_contracted_fields_and_meets_the_budget(oneshot):
+    out, report, stages = oneshot
+    assert REPORT_FIELDS <= set(report)
+    assert report == json.loads((out / "report.json").read_text())
+    assert 0.49 <= report["flops_after"] / report["flops_before"] <= 0.5
+    assert report["params_after"] < report["params_before"]
+    assert report["criterion"] == "taylor"
+    assert any(layer["channels_after"] < layer["channels_before"] for layer in report["layers"])
+    assert {"intake", "importance", "allocation", "surgery", "finetune", "export"} <= set(stages)
+    assert set(report["timings"]) >= {"intake", "importance", "allocation", "surgery", "finetune", "export"}
+
+
+def test_onnx_export_matches_torch(oneshot):
+    out, report, _ = oneshot
+    assert report["onnx_max_abs_diff"] < 1e-4
+    model = load_pruned(out / "spec.json", out / "model.safetensors")
+    x = torch.randn(4, 3, 32, 32)
+    got = onnx_session(out / "model.onnx").run(None, {"input": x.numpy()})[0]
+    with torch.inference_mode():
+        np.testing.assert_allclose(got, model(x).numpy(), atol=1e-4)
+
+
+def test_load_pruned_rebuilds_the_exported_model(oneshot):
+    out, report, _ = oneshot
+    model = load_pruned(out / "spec.json", out / "model.safetensors")
+    weights = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    data = load_data("digits")
+    correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in iterate_batches(data, "test", 128))
+    assert correct / len(data.test_y) == pytest.approx(report["accuracy_after"])
+    assert (out / "model.pt2").stat().st_size > 0
+
+
+def test_iterative_schedule_records_each_step(tmp_path, trained_resnet20):
+    report = run(spec(tmp_path, trained_resnet20, schedule="iterative", iterative_steps=2, method="uniform", criterion="l1", export_pt2=False))
+    saved = json.loads((tmp_path / "out" / "spec.json").read_text())
+    assert len(saved["plans"]) == 2 and len(report["allocation"]) == 2
+    assert 0.49 <= report["flops_ratio"] <= 0.5
+    model = load_pruned(tmp_path / "out" / "spec.json", tmp_path / "out" / "model.safetensors")
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_params_budget(tmp_path, trained_resnet20):
+    report = run(spec(tmp_path, trained_resnet20, budget=Budget(kind="params", value=0.6), finetune=FinetuneConfig(epochs=0), export_onnx=False, export_pt2=False))
+    assert 0.59 <= report["params_ratio"] <= 0.6
