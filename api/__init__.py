@@ -1,0 +1,1 @@
+"""HTTP job service (FastAPI, SQLAlchemy store, workers). Not built yet: see the README."""
