@@ -7,13 +7,13 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from autoprune.errors import BudgetError, SolverError
+from autoprune.errors import BudgetError, SolverError, UnknownNameError
 from autoprune.graph import PruneGraph
 from autoprune.importance import GroupScores
 from autoprune.measure import CostModel
 from autoprune.surgery import PruningPlan
 from autoprune.types import Budget
-from solvers import Allocation, AllocationProblem, GroupSpec, InfeasibleBudget, get_allocator
+from solvers import Allocation, AllocationProblem, Allocator, GroupSpec, InfeasibleBudget, get_allocator
 
 
 def group_specs(graph: PruneGraph, min_keep_fraction: float) -> tuple[GroupSpec, ...]:
@@ -27,6 +27,17 @@ def group_specs(graph: PruneGraph, min_keep_fraction: float) -> tuple[GroupSpec,
         )
         for g in graph.groups
     )
+
+
+def check_method(method: str, budget: Budget) -> Allocator:
+    """The allocator named ``method``, if it exists and takes this kind of budget."""
+    try:
+        allocator = get_allocator(method)
+    except KeyError as exc:
+        raise UnknownNameError(str(exc.args[0])) from None
+    if budget.kind == "latency_ms":
+        raise BudgetError(f"method {method!r} takes flops or params budgets; latency budgets need a latency-aware method")
+    return allocator
 
 
 def allocate(
@@ -45,13 +56,8 @@ def allocate(
     ``reference`` is (MACs, params) of the unpruned model: in iterative pruning the current
     model is already smaller, but the budget is always a fraction of the original.
     """
-    if budget.kind == "latency_ms":
-        raise BudgetError(f"method {method!r} takes flops or params budgets; latency budgets need a latency-aware method")
+    allocator = check_method(method, budget)
     index = 0 if budget.kind == "flops" else 1
-    try:
-        allocator = get_allocator(method)
-    except KeyError as exc:
-        raise BudgetError(str(exc.args[0])) from None
     problem = AllocationProblem(
         groups=group_specs(graph, min_keep_fraction),
         scores=scores,

@@ -20,9 +20,9 @@ import torch
 import torch_pruning
 from torch import nn
 
-from autoprune.allocate import allocate, make_plan
+from autoprune.allocate import allocate, check_method, make_plan
 from autoprune.data import ImageData, iterate_batches, load_data
-from autoprune.errors import CancelledError, SurgeryError
+from autoprune.errors import BudgetError, CancelledError, SurgeryError
 from autoprune.export import ModelSpec, export_onnx, export_pt2, save_weights, write_json
 from autoprune.finetune import evaluate, finetune
 from autoprune.graph import build_graph
@@ -69,6 +69,18 @@ def calibration(data: ImageData, batches: int, seed: int) -> Callable[[], Iterat
     return batches_fn
 
 
+def validate(spec: JobSpec) -> None:
+    """Refuse a spec with unknown names or a budget its method cannot take, before any work."""
+    check_method(spec.method, spec.budget)
+    get_criterion(criterion_of(spec))
+    if spec.schedule == "iterative" and spec.iterative_steps < 1:
+        raise BudgetError("an iterative schedule needs at least one step")
+
+
+def criterion_of(spec: JobSpec) -> str:
+    return spec.criterion or DEFAULT_CRITERION.get(spec.method, "l1")
+
+
 def intake(spec: JobSpec) -> tuple[nn.Module, ImageData]:
     data = load_data(spec.data)
     torch.manual_seed(spec.seed)
@@ -94,7 +106,7 @@ def prune_once(
 ) -> tuple[nn.Module, PruningPlan, dict[str, Any]]:
     """Score, allocate and cut one step; the result meets ``budget`` on the measured cost."""
     example = torch.zeros(1, *data.input_shape)
-    criterion_name = spec.criterion or DEFAULT_CRITERION.get(spec.method, "l1")
+    criterion_name = criterion_of(spec)
     with timer("importance"):
         progress("importance", 0.0, {"criterion": criterion_name})
         graph = build_graph(model, example)
@@ -131,10 +143,11 @@ def prune_once(
 
 
 def _latencies(model: nn.Module, input_shape: tuple[int, ...], spec: JobSpec, onnx_path: Path | None) -> dict[str, float]:
-    batch = spec.budget.batch_size
-    out = {"torch": torch_latency_ms(model, input_shape, batch_size=batch, repeats=spec.latency_repeats)}
+    """Median latency in each runtime, both with torch's current thread count."""
+    timing = dict(batch_size=spec.budget.batch_size, repeats=spec.latency_repeats, threads=torch.get_num_threads())
+    out = {"torch": torch_latency_ms(model, input_shape, **timing)}
     if onnx_path is not None:
-        out["onnxruntime"] = onnx_latency_ms(onnx_path, input_shape, batch_size=batch, repeats=spec.latency_repeats)
+        out["onnxruntime"] = onnx_latency_ms(onnx_path, input_shape, **timing)
     return out
 
 
@@ -145,6 +158,7 @@ def run(
     should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Prune, fine-tune and export one model; writes ``spec.out_dir`` and returns the report."""
+    validate(spec)
     out = Path(spec.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     timer = Timer()
@@ -198,14 +212,7 @@ def run(
     eval_after = evaluate(model, data)
     check_cancel()
 
-    model_spec = ModelSpec(
-        arch=spec.arch,
-        num_classes=data.num_classes,
-        input_shape=data.input_shape,
-        mean=data.mean,
-        std=data.std,
-        plans=tuple(plans),
-    )
+    model_spec = ModelSpec.for_data(spec.arch, data, plans)
     with timer("export"):
         progress("export", 0.0, {})
         save_weights(model, out / "model.safetensors", model_spec)
@@ -245,7 +252,12 @@ def run(
         "params_ratio": after.params / before.params,
         "latency_ms_before": latency_before["torch"],
         "latency_ms_after": latency_after["torch"],
-        "latency": {"batch_size": spec.budget.batch_size, "before": latency_before, "after": latency_after},
+        "latency": {
+            "batch_size": spec.budget.batch_size,
+            "threads": torch.get_num_threads(),
+            "before": latency_before,
+            "after": latency_after,
+        },
         "accuracy_before": eval_before.accuracy,
         "accuracy_pruned": eval_pruned.accuracy if eval_pruned else eval_before.accuracy,
         "accuracy_after": eval_after.accuracy,
@@ -307,10 +319,7 @@ def train_baseline(
     result = evaluate(model, data)
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    spec = ModelSpec(
-        arch=arch, num_classes=data.num_classes, input_shape=data.input_shape, mean=data.mean, std=data.std
-    )
-    save_weights(model, path, spec)
+    save_weights(model, path, ModelSpec.for_data(arch, data))
     return {
         "accuracy": result.accuracy,
         "loss": result.loss,

@@ -8,7 +8,7 @@ import torch
 from conftest import build
 
 from autoprune.allocate import allocate, make_plan
-from autoprune.errors import BudgetError
+from autoprune.errors import BudgetError, UnknownNameError
 from autoprune.graph import build_graph
 from autoprune.importance import get_criterion
 from autoprune.measure import CostModel, count_cost
@@ -49,7 +49,7 @@ def test_impossible_budget_is_a_clear_error(setup):
 
 def test_unknown_allocator_lists_the_known_ones(setup):
     _, graph, cost_model, report, scores = setup
-    with pytest.raises(BudgetError, match="uniform"):
+    with pytest.raises(UnknownNameError, match="uniform"):
         allocate("nope", graph, scores, cost_model, Budget(kind="flops", value=0.5), reference=(report.macs, report.params))
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoprune.data import ImageData
 from autoprune.errors import ModelIntakeError
 from autoprune.models import create_model, load_weights
 from autoprune.surgery import PruningPlan, apply_plan
@@ -57,13 +58,15 @@ class ModelSpec:
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelIntakeError(f"malformed spec: {exc}") from exc
 
-    def evolve_plans(self, plans: Sequence[PruningPlan]) -> ModelSpec:
-        return ModelSpec(
-            arch=self.arch,
-            num_classes=self.num_classes,
-            input_shape=self.input_shape,
-            mean=self.mean,
-            std=self.std,
+    @classmethod
+    def for_data(cls, arch: str, data: ImageData, plans: Sequence[PruningPlan] = ()) -> ModelSpec:
+        """The spec of ``arch`` trained on ``data``: classes, input shape and normalisation from it."""
+        return cls(
+            arch=arch,
+            num_classes=data.num_classes,
+            input_shape=data.input_shape,
+            mean=data.mean,
+            std=data.std,
             plans=tuple(plans),
         )
 
