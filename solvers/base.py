@@ -11,7 +11,7 @@ import abc
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -39,11 +39,32 @@ class GroupSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class QuadraticCost:
+    """cost(k) = constant + Σ_g linear[g]·k_g + Σ_(g,h) quadratic[(g, h)]·k_g·k_h, k = channels kept.
+
+    MACs and params of a CNN have this form: each layer costs in-width × out-width, and each width
+    is affine in the keep counts of the groups that feed it. Pairs are stored once, g <= h.
+    """
+
+    constant: float
+    linear: Mapping[str, float]
+    quadratic: Mapping[tuple[str, str], float]
+
+    def __call__(self, keep: Mapping[str, int]) -> float:
+        total = self.constant + sum(c * keep[g] for g, c in self.linear.items())
+        return total + sum(c * keep[g] * keep[h] for (g, h), c in self.quadratic.items())
+
+
+@dataclass(frozen=True, kw_only=True)
 class AllocationProblem:
     """Keep counts to choose so that ``cost(channels kept per group) <= budget``.
 
-    ``scores`` holds one non-negative score per channel of each group. ``evaluate`` (optional,
-    for search methods) returns a quality proxy, higher is better, for a channel allocation.
+    ``scores`` holds one non-negative score per channel of each group. The optional inputs are
+    built only for allocators that declare them in ``Allocator.needs``:
+
+    - ``evaluate`` (search methods): a quality proxy, higher is better, of a channel allocation;
+    - ``quadratic_cost``: ``cost`` in closed form, for mathematical programs;
+    - ``layer_importance``: one non-negative weight per group (e.g. ITPruner's nHSIC-based one).
     """
 
     groups: tuple[GroupSpec, ...]
@@ -51,6 +72,9 @@ class AllocationProblem:
     cost: Callable[[Mapping[str, int]], float]
     budget: float
     evaluate: Callable[[Mapping[str, int]], float] | None = None
+    quadratic_cost: QuadraticCost | None = None
+    layer_importance: Mapping[str, float] | None = None
+    storage: str | None = None  # an SQLAlchemy URL where a search may keep its study
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -88,7 +112,15 @@ class Allocation:
 
 
 class Allocator(abc.ABC):
-    """Chooses keep counts for an :class:`AllocationProblem`."""
+    """Chooses keep counts for an :class:`AllocationProblem`.
+
+    ``needs`` names the optional problem inputs the allocator uses ("evaluate",
+    "quadratic_cost", "layer_importance"), so callers build only those. ``budgets`` are the
+    budget kinds it accepts.
+    """
+
+    needs: ClassVar[frozenset[str]] = frozenset()
+    budgets: ClassVar[frozenset[str]] = frozenset({"flops", "params"})
 
     @abc.abstractmethod
     def allocate(self, problem: AllocationProblem) -> Allocation: ...

@@ -139,3 +139,12 @@ def test_a_model_the_graph_cannot_trace_is_refused_clearly():
 
     with pytest.raises(UnsupportedLayerError, match="dependency graph"):
         build_graph(build("shufflenet_v2_x0_5"), X[:1])
+
+
+def test_quadratic_form_of_the_cost_is_exact(case):
+    _, model, graph, plan, pruned = case
+    cost_model = CostModel(graph, count_cost(model, X))
+    measured = count_cost(pruned, X)
+    widths = {g.id: plan.widths().get(g.id, g.channels) for g in graph.groups}
+    assert cost_model.quadratic("macs")(widths) == pytest.approx(measured.macs, rel=1e-9)
+    assert cost_model.quadratic("params")(widths) == pytest.approx(measured.params, rel=1e-9)

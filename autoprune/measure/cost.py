@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from autoprune.graph.build import PruneGraph
+from solvers.base import QuadraticCost
 
 CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -141,13 +142,18 @@ class CostModel:
 
     def cost(self, keep: Mapping[str, int]) -> tuple[int, int]:
         """(MACs, params) of the model with ``keep[group]`` channels kept in each group."""
-        macs = 0
-        params = self._fixed_params
+        macs, params = self._polynomial(keep)
+        return round(macs), round(params)
+
+    def _polynomial(self, keep: Mapping[str, int]) -> tuple[float, float]:
+        """The cost as the polynomial it is (group-conv widths divided exactly, not floored)."""
+        macs = 0.0
+        params = float(self._fixed_params)
         for layer in self._layers:
             groups, kernel, bias, depthwise = self._groups_of[layer.name]
             c_in = self._width(layer.name, "in", layer.in_channels, keep, depthwise)
             c_out = self._width(layer.name, "out", layer.out_channels, keep, depthwise)
-            per_out = 1 if depthwise else c_in // groups
+            per_out = 1 if depthwise else c_in / groups
             macs += layer.calls * layer.positions * c_out * per_out * kernel
             params += c_out * per_out * kernel + (c_out if bias else 0)
         for name, features in self._norms.items():
@@ -159,3 +165,32 @@ class CostModel:
 
     def params(self, keep: Mapping[str, int]) -> int:
         return self.cost(keep)[1]
+
+    def quadratic(self, kind: str) -> QuadraticCost:
+        """``macs`` or ``params`` as an explicit quadratic in the keep counts.
+
+        The coefficients are identified from the exact cost at 0, e_g, 2·e_g and e_g + e_h (the
+        cost is a polynomial of degree two), then checked at a random point.
+        """
+        index = {"macs": 0, "flops": 0, "params": 1}[kind]
+        ids = sorted(self.channels)
+
+        def f(keep: Mapping[str, int]) -> float:
+            return self._polynomial({g: keep.get(g, 0) for g in ids})[index]
+
+        constant = f({})
+        single = {g: f({g: 1}) - constant for g in ids}
+        double = {g: f({g: 2}) - constant for g in ids}
+        square = {g: (double[g] - 2 * single[g]) / 2 for g in ids}
+        linear = {g: single[g] - square[g] for g in ids}
+        quadratic = {(g, g): square[g] for g in ids if square[g]}
+        for i, g in enumerate(ids):
+            for h in ids[i + 1 :]:
+                cross = f({g: 1, h: 1}) - constant - single[g] - single[h]
+                if cross:
+                    quadratic[(g, h)] = cross
+        form = QuadraticCost(constant=constant, linear=linear, quadratic=quadratic)
+        probe = {g: (7 * i + 3) % self.channels[g] + 1 for i, g in enumerate(ids)}
+        if abs(form(probe) - f(probe)) > 1e-6 * max(1.0, abs(f(probe))):
+            raise ValueError("this model's cost is not quadratic in the keep counts")
+        return form
