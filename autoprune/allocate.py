@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
+import torch
+from torch import nn
 
+from autoprune.adaptive_bn import make_evaluator
+from autoprune.data import ImageData
 from autoprune.errors import BudgetError, SolverError, UnknownNameError
 from autoprune.graph import PruneGraph
-from autoprune.importance import GroupScores
-from autoprune.measure import CostModel
-from autoprune.surgery import PruningPlan
+from autoprune.importance import Batches, GroupScores
+from autoprune.importance.hsic import layer_importance
+from autoprune.measure import CostModel, count_cost
 from autoprune.types import Budget
-from solvers import Allocation, AllocationProblem, Allocator, GroupSpec, InfeasibleBudget, get_allocator
+from solvers import ALLOCATORS, Allocation, AllocationProblem, Allocator, GroupSpec, InfeasibleBudget, get_allocator
 
 
 def group_specs(graph: PruneGraph, min_keep_fraction: float) -> tuple[GroupSpec, ...]:
@@ -29,64 +34,107 @@ def group_specs(graph: PruneGraph, min_keep_fraction: float) -> tuple[GroupSpec,
     )
 
 
-def check_method(method: str, budget: Budget) -> Allocator:
-    """The allocator named ``method``, if it exists and takes this kind of budget."""
+def check_method(method: str | Allocator, budget: Budget) -> Allocator:
+    """The allocator named ``method`` (or given), if it exists and takes this kind of budget."""
     try:
         allocator = get_allocator(method)
     except KeyError as exc:
         raise UnknownNameError(str(exc.args[0])) from None
-    if budget.kind == "latency_ms":
-        raise BudgetError(f"method {method!r} takes flops or params budgets; latency budgets need a latency-aware method")
+    if budget.kind not in allocator.budgets:
+        accepting = sorted(name for name, cls in ALLOCATORS.items() if budget.kind in cls.budgets)
+        raise BudgetError(
+            f"method {method!r} does not take {budget.kind} budgets; methods that do: {', '.join(accepting)}"
+        )
     return allocator
 
 
-def allocate(
-    method: str,
-    graph: PruneGraph,
-    scores: GroupScores,
-    cost_model: CostModel,
-    budget: Budget,
-    *,
-    reference: tuple[int, int],
-    min_keep_fraction: float = 0.1,
-    seed: int = 0,
-) -> Allocation:
-    """Run allocator ``method`` so that the pruned model keeps ≤ ``budget`` of ``reference``.
+@dataclass(kw_only=True)
+class ProblemInputs:
+    """What an allocation problem is built from. Optional inputs (adaptive-BN evaluation,
+    nHSIC layer importance, a latency table) are computed only for allocators that need them."""
 
-    ``reference`` is (MACs, params) of the unpruned model: in iterative pruning the current
-    model is already smaller, but the budget is always a fraction of the original.
+    graph: PruneGraph
+    scores: GroupScores
+    cost_model: CostModel
+    reference: Mapping[str, float]  # unpruned model's "flops" (MACs), "params" and, if known, "latency_ms"
+    model: nn.Module | None = None
+    data: ImageData | None = None
+    batches: Batches | None = None
+    latency: Callable[[Mapping[str, int]], float] | None = None  # predicted ms of a width vector
+    storage: str | None = None
+    seed: int = 0
+
+    @classmethod
+    def measure(
+        cls, model: nn.Module, graph: PruneGraph, scores: GroupScores, example_input: torch.Tensor, **optional: Any
+    ) -> ProblemInputs:
+        """Inputs for pruning ``model`` itself (the reference is its own measured cost)."""
+        report = count_cost(model, example_input)
+        return cls(
+            graph=graph,
+            scores=scores,
+            cost_model=CostModel(graph, report),
+            reference={"flops": report.macs, "params": report.params, **optional.pop("reference", {})},
+            model=model,
+            **optional,
+        )
+
+    def cost_and_budget(self, budget: Budget) -> tuple[Callable[[Mapping[str, int]], float], float]:
+        if budget.kind == "latency_ms":
+            if self.latency is None:
+                raise BudgetError("a latency budget needs a latency table, which was not built")
+            return self.latency, budget.value
+        index = 0 if budget.kind == "flops" else 1
+        return (lambda keep: self.cost_model.cost(keep)[index]), budget.value * self.reference[budget.kind]
+
+    def optional(self, needs: frozenset[str], budget: Budget) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if "quadratic_cost" in needs:
+            if budget.kind == "latency_ms":
+                raise BudgetError("this method's program is written in MACs or params, not latency")
+            out["quadratic_cost"] = self.cost_model.quadratic("macs" if budget.kind == "flops" else "params")
+        if "layer_importance" in needs:
+            if self.batches is None:
+                raise BudgetError("this method needs calibration data for its layer importance")
+            out["layer_importance"] = layer_importance(self.graph, self.batches)
+        if "evaluate" in needs:
+            if self.model is None or self.data is None:
+                raise BudgetError("this method needs the model and data to evaluate candidates")
+            held_out = min(512, len(self.data.train_y) // 4)  # the rest re-estimates BN statistics
+            out["evaluate"] = make_evaluator(
+                self.model, self.graph, self.scores, self.data, eval_examples=held_out, seed=self.seed
+            )
+        return out
+
+
+def allocate(
+    method: str | Allocator, inputs: ProblemInputs, budget: Budget, *, min_keep_fraction: float = 0.1
+) -> Allocation:
+    """Run allocator ``method`` so that the pruned model meets ``budget``.
+
+    Fractional budgets are fractions of ``inputs.reference`` (the unpruned model): in iterative
+    pruning the current model is already smaller, but the budget is of the original.
     """
     allocator = check_method(method, budget)
-    index = 0 if budget.kind == "flops" else 1
+    cost, limit = inputs.cost_and_budget(budget)
     problem = AllocationProblem(
-        groups=group_specs(graph, min_keep_fraction),
-        scores=scores,
-        cost=lambda keep: cost_model.cost(keep)[index],
-        budget=budget.value * reference[index],
-        seed=seed,
+        groups=group_specs(inputs.graph, min_keep_fraction),
+        scores=inputs.scores,
+        cost=cost,
+        budget=limit,
+        storage=inputs.storage,
+        seed=inputs.seed,
+        **inputs.optional(allocator.needs, budget),
     )
     try:
         return allocator.allocate(problem)
     except InfeasibleBudget as exc:
-        floor = problem.cost_of_units({g.id: g.min_units for g in problem.groups}) / reference[index]
+        floor = problem.cost_of_units({g.id: g.min_units for g in problem.groups})
+        scale = inputs.reference.get(budget.kind) if budget.kind != "latency_ms" else None
+        reached = f"{floor / scale:.1%} of the {budget.kind}" if scale else f"{floor:.3g} {budget.kind}"
         raise BudgetError(
             f"{budget} cannot be met: the narrowest network allowed ({min_keep_fraction:.0%} of each "
-            f"layer, at least one channel) keeps {floor:.1%} of the {budget.kind}"
+            f"layer, at least one channel) needs {reached}"
         ) from exc
     except ValueError as exc:
         raise SolverError(f"allocator {method!r} failed: {exc}") from exc
-
-
-def make_plan(graph: PruneGraph, scores: GroupScores, keep: Mapping[str, int]) -> PruningPlan:
-    """Keep the best-scored channels of each group; group-conv blocks keep the same positions."""
-    kept: dict[str, list[int]] = {}
-    for g in graph.groups:
-        n = keep.get(g.id, g.channels)
-        if n >= g.channels:
-            continue
-        units = np.asarray(scores[g.id], dtype=np.float64).reshape(g.blocks, g.block_size).mean(0)
-        best = np.sort(np.argsort(-units, kind="stable")[: n // g.blocks])
-        kept[g.id] = [int(p) + b * g.block_size for b in range(g.blocks) for p in best]
-    return PruningPlan.from_keep(
-        kept, {g.id: g.channels for g in graph.groups}, ignore=graph.ignore, skipped=graph.skipped
-    )

@@ -20,24 +20,27 @@ import torch
 import torch_pruning
 from torch import nn
 
-from autoprune.allocate import allocate, check_method, make_plan
+from autoprune.allocate import ProblemInputs, allocate, check_method
 from autoprune.data import ImageData, iterate_batches, load_data
 from autoprune.errors import BudgetError, CancelledError, SurgeryError
 from autoprune.export import ModelSpec, export_onnx, export_pt2, save_weights, write_json
 from autoprune.finetune import evaluate, finetune
 from autoprune.graph import build_graph
 from autoprune.importance import get_criterion
-from autoprune.measure import CostModel, count_cost, onnx_latency_ms, torch_latency_ms
+from autoprune.measure import count_cost, onnx_latency_ms, torch_latency_ms
+from autoprune.measure.latency_table import LatencyTable
 from autoprune.models import create_model, load_weights
-from autoprune.surgery import PruningPlan, apply_plan
+from autoprune.surgery import PruningPlan, apply_plan, make_plan
 from autoprune.types import Budget, FinetuneConfig, JobSpec
+from solvers import Allocator
+from solvers.knapsack import HALP
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, float, dict[str, Any]], None]
 STAGES = ("intake", "baseline", "importance", "allocation", "surgery", "finetune", "export")
 
-DEFAULT_CRITERION = {"uniform": "l1", "global": "taylor"}
+DEFAULT_CRITERION = {"uniform": "l1", "global": "taylor", "nap": "kfac", "itpruner": "l1", "evolution": "l1", "halp": "taylor"}
 
 
 def _quiet(stage: str, fraction: float, metrics: dict[str, Any]) -> None:
@@ -90,9 +93,42 @@ def intake(spec: JobSpec) -> tuple[nn.Module, ImageData]:
     return model.eval(), data
 
 
-def step_targets(budget: Budget, steps: int) -> list[Budget]:
-    """Budgets of an iterative schedule: the kept fraction shrinks geometrically to the target."""
-    return [Budget(kind=budget.kind, value=budget.value ** ((i + 1) / steps)) for i in range(steps)]
+def step_targets(budget: Budget, steps: int, reference: float) -> list[Budget]:
+    """Budgets of an iterative schedule: the kept cost shrinks geometrically to the target.
+
+    Fraction budgets shrink as f^(i/n); a latency budget goes from the original's measured
+    latency ``reference`` to the target in the same geometric steps.
+    """
+    if budget.kind != "latency_ms":
+        return [budget.evolve(value=budget.value ** ((i + 1) / steps)) for i in range(steps)]
+    ratio = min(1.0, budget.value / reference)
+    return [budget.evolve(value=reference * ratio ** ((i + 1) / steps)) for i in range(steps)]
+
+
+def model_latency_ms(model: nn.Module, input_shape: tuple[int, ...], budget: Budget, repeats: int) -> float:
+    """Median latency of the whole model in the budget's runtime and batch size."""
+    timing = dict(batch_size=budget.batch_size, repeats=repeats, threads=torch.get_num_threads())
+    if budget.runtime == "torch":
+        return torch_latency_ms(model, input_shape, **timing)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        export_onnx(model, path, torch.zeros(1, *input_shape))
+        return onnx_latency_ms(path, input_shape, **timing)
+
+
+def achieved(model: nn.Module, example: torch.Tensor, budget: Budget, reference: dict[str, float], repeats: int) -> float:
+    """What the budget measures on ``model``: a fraction of the original, or milliseconds."""
+    if budget.kind == "latency_ms":
+        return model_latency_ms(model, tuple(example.shape[1:]), budget, repeats)
+    measured = count_cost(model, example)
+    return (measured.macs if budget.kind == "flops" else measured.params) / reference[budget.kind]
+
+
+def allocator_for(method: str, budget: Budget) -> str | Allocator:
+    """HALP on onnxruntime latency keeps channel counts in multiples of 8, as the LUT is built."""
+    if method == "halp" and budget.kind == "latency_ms" and budget.runtime == "onnxruntime":
+        return HALP(channel_step=8)
+    return method
 
 
 def prune_once(
@@ -100,46 +136,58 @@ def prune_once(
     data: ImageData,
     spec: JobSpec,
     budget: Budget,
-    reference: tuple[int, int],
+    reference: dict[str, float],
     timer: Timer,
     progress: Progress,
 ) -> tuple[nn.Module, PruningPlan, dict[str, Any]]:
-    """Score, allocate and cut one step; the result meets ``budget`` on the measured cost."""
+    """Score, allocate and cut one step; the result meets ``budget`` on the measured model."""
     example = torch.zeros(1, *data.input_shape)
     criterion_name = criterion_of(spec)
+    batches = calibration(data, spec.calibration_batches, spec.seed)
     with timer("importance"):
         progress("importance", 0.0, {"criterion": criterion_name})
         graph = build_graph(model, example)
         criterion = get_criterion(criterion_name)
-        batches = calibration(data, spec.calibration_batches, spec.seed) if criterion.needs_data else None
-        scores = criterion.score(graph, batches)
+        scores = criterion.score(graph, batches if criterion.needs_data else None)
         progress("importance", 1.0, {"groups": len(graph.groups), "skipped": list(graph.skipped)})
-    index = 0 if budget.kind == "flops" else 1
-    cost_model = CostModel(graph, count_cost(model, example))
+    inputs = ProblemInputs.measure(
+        model, graph, scores, example, reference=reference, data=data, batches=batches, seed=spec.seed
+    )
+    if budget.kind == "latency_ms":
+        with timer("latency_table"):
+            progress("latency_table", 0.0, {"runtime": budget.runtime})
+            # onnxruntime's fast conv kernels want channel counts in multiples of 8 (HALP's grouping)
+            step = 8 if budget.runtime == "onnxruntime" else 1
+            table = LatencyTable.build(
+                model, graph, example, runtime=budget.runtime, batch_size=budget.batch_size, channel_step=step
+            )
+            inputs.latency = table.latency
+            progress("latency_table", 1.0, {"layers": len(table.layers)})
     target = budget
     for attempt in range(3):
         with timer("allocation"):
-            progress("allocation", 0.0, {"method": spec.method})
-            allocation = allocate(spec.method, graph, scores, cost_model, target, reference=reference, seed=spec.seed)
+            progress("allocation", 0.0, {"method": spec.method, "attempt": attempt + 1})
+            allocation = allocate(allocator_for(spec.method, budget), inputs, target)
             plan = make_plan(graph, scores, allocation.keep)
-            progress("allocation", 1.0, {"predicted": allocation.cost / reference[index]})
+            progress("allocation", 1.0, {"predicted": allocation.cost})
         with timer("surgery"):
             pruned = apply_plan(model, example, plan)
-            measured = count_cost(pruned, example)
-            progress("surgery", 1.0, {"macs": measured.macs, "params": measured.params})
-        achieved = (measured.macs, measured.params)[index] / reference[index]
-        if achieved <= budget.value + 1e-12:
+            reached = achieved(pruned, example, budget, reference, spec.latency_repeats)
+            progress("surgery", 1.0, {budget.kind: reached})
+        if reached <= budget.value * (1 + 1e-12):
             diagnostics = {
                 "criterion": criterion_name,
                 "skipped_layers": list(graph.skipped),
-                "predicted_fraction": allocation.cost / reference[index],
-                "achieved_fraction": achieved,
+                "target": target.value,
+                "predicted": allocation.cost,
+                "achieved": reached,
+                "attempts": attempt + 1,
                 **dict(allocation.diagnostics),
             }
             return pruned, plan, diagnostics
-        log.warning("pruned model keeps %.4f > %.4f of %s; tightening", achieved, budget.value, budget.kind)
-        target = Budget(kind=budget.kind, value=target.value * budget.value / achieved * 0.999)
-    raise SurgeryError(f"could not meet {budget} after 3 attempts (last: {achieved:.4f})")
+        log.warning("pruned model reaches %.4g > %.4g %s; tightening", reached, budget.value, budget.kind)
+        target = target.evolve(value=target.value * budget.value / reached * 0.99)
+    raise SurgeryError(f"could not meet {budget} after 3 attempts (last: {reached:.4g})")
 
 
 def _latencies(model: nn.Module, input_shape: tuple[int, ...], spec: JobSpec, onnx_path: Path | None) -> dict[str, float]:
@@ -178,7 +226,9 @@ def run(
         eval_before = evaluate(model, data)
         progress("baseline", 1.0, {"accuracy": eval_before.accuracy, "macs": before.macs})
     teacher = copy.deepcopy(model).eval()
-    reference = (before.macs, before.params)
+    reference: dict[str, float] = {"flops": before.macs, "params": before.params}
+    if spec.budget.kind == "latency_ms":
+        reference["latency_ms"] = model_latency_ms(model, data.input_shape, spec.budget, spec.latency_repeats)
 
     steps = spec.iterative_steps if spec.schedule == "iterative" else 1
     step_epochs = _split_epochs(spec.finetune.epochs, steps)
@@ -186,7 +236,7 @@ def run(
     diagnostics: list[dict[str, Any]] = []
     history: list[dict[str, Any]] = []
     eval_pruned = None
-    for step, (target, epochs) in enumerate(zip(step_targets(spec.budget, steps), step_epochs, strict=True)):
+    for step, (target, epochs) in enumerate(zip(step_targets(spec.budget, steps, reference.get("latency_ms", 0.0)), step_epochs, strict=True)):
         check_cancel()
         model, plan, diag = prune_once(model, data, spec, target, reference, timer, progress)
         plans.append(plan)

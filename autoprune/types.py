@@ -78,6 +78,9 @@ class Budget:
             batch_size=data.get("batch_size", 1),
         )
 
+    def evolve(self, **changes: Any) -> Budget:
+        return replace(self, **changes)
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {self.kind: self.value}
         if self.kind == "latency_ms":

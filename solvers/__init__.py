@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from solvers.base import Allocation, AllocationProblem, Allocator, GroupSpec, InfeasibleBudget
+from solvers.base import Allocation, AllocationProblem, Allocator, GroupSpec, InfeasibleBudget, QuadraticCost
+from solvers.evolution import Evolution
 from solvers.global_rank import GlobalRank
+from solvers.knapsack import HALP
+from solvers.nap import NAP
+from solvers.qclp import ITPruner
 from solvers.uniform import Uniform
 
 ALLOCATORS: dict[str, type[Allocator]] = {}
@@ -17,6 +21,10 @@ def register(name: str, cls: type[Allocator]) -> None:
 
 register("uniform", Uniform)
 register("global", GlobalRank)
+register("nap", NAP)
+register("itpruner", ITPruner)
+register("evolution", Evolution)
+register("halp", HALP)
 
 
 def get_allocator(name: str | Allocator) -> Allocator:
@@ -35,5 +43,6 @@ __all__ = [
     "Allocator",
     "GroupSpec",
     "InfeasibleBudget",
+    "QuadraticCost",
     "get_allocator",
 ]

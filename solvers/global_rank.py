@@ -9,35 +9,49 @@ is monotone in the prefix length). Per-layer ratios fall out of the ranking.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from solvers.base import Allocation, AllocationProblem, Allocator, largest_feasible
 
 
+def keep_best_prefix(problem: AllocationProblem, unit_scores: Mapping[str, np.ndarray]) -> Allocation:
+    """Keep the longest prefix of the network-wide ranking of ``unit_scores`` that fits the budget.
+
+    Each group keeps its ``min_units`` best units unconditionally; the rest compete in one
+    ranking (higher kept first, ties in group order). Scores must already be comparable across
+    groups: this is the part shared by every global-ranking allocator.
+    """
+    problem.check_feasible()
+    floor: dict[str, int] = {}
+    pool: list[tuple[float, str]] = []
+    for g in problem.groups:
+        ranked = np.sort(np.asarray(unit_scores[g.id], dtype=np.float64))[::-1]
+        floor[g.id] = g.min_units
+        pool.extend((float(s), g.id) for s in ranked[g.min_units :])
+    pool.sort(key=lambda item: -item[0])
+
+    def units_at(k: int) -> dict[str, int]:
+        units = dict(floor)
+        for _, gid in pool[:k]:
+            units[gid] += 1
+        return units
+
+    k = largest_feasible(len(pool), lambda k: problem.cost_of_units(units_at(k)), problem.budget)
+    units = units_at(k)
+    return Allocation(
+        keep=problem.channels(units),
+        cost=problem.cost_of_units(units),
+        diagnostics={"ranked_units": len(pool), "kept_units": k, "threshold": pool[k - 1][0] if k else None},
+    )
+
+
 class GlobalRank(Allocator):
     def allocate(self, problem: AllocationProblem) -> Allocation:
-        problem.check_feasible()
-        floor: dict[str, int] = {}
-        pool: list[tuple[float, str]] = []
+        normalised: dict[str, np.ndarray] = {}
         for g in problem.groups:
             scores = problem.unit_scores(g)
             norm = float(np.linalg.norm(scores))
-            normalised = scores / norm if norm > 0 else np.full_like(scores, 1.0 / np.sqrt(len(scores)))
-            ranked = np.sort(normalised)[::-1]
-            floor[g.id] = g.min_units
-            pool.extend((float(s), g.id) for s in ranked[g.min_units :])
-        pool.sort(key=lambda item: -item[0])
-
-        def units_at(k: int) -> dict[str, int]:
-            units = dict(floor)
-            for _, gid in pool[:k]:
-                units[gid] += 1
-            return units
-
-        k = largest_feasible(len(pool), lambda k: problem.cost_of_units(units_at(k)), problem.budget)
-        units = units_at(k)
-        return Allocation(
-            keep=problem.channels(units),
-            cost=problem.cost_of_units(units),
-            diagnostics={"ranked_units": len(pool), "kept_units": k, "threshold": pool[k - 1][0] if k else None},
-        )
+            normalised[g.id] = scores / norm if norm > 0 else np.full_like(scores, 1.0 / np.sqrt(len(scores)))
+        return keep_best_prefix(problem, normalised)

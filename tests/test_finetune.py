@@ -6,14 +6,13 @@ import pytest
 import torch
 from conftest import build
 
-from autoprune.allocate import allocate, make_plan
+from autoprune.allocate import ProblemInputs, allocate
 from autoprune.errors import CancelledError
 from autoprune.finetune import distillation_loss, evaluate, finetune
 from autoprune.graph import build_graph
 from autoprune.importance import get_criterion
-from autoprune.measure import CostModel, count_cost
 from autoprune.models import load_weights
-from autoprune.surgery import apply_plan
+from autoprune.surgery import apply_plan, make_plan
 from autoprune.types import Budget, FinetuneConfig
 
 
@@ -46,9 +45,8 @@ def test_finetuning_recovers_accuracy_of_a_pruned_model(digits, trained_resnet20
     load_weights(model, trained_resnet20)
     x = torch.zeros(1, 3, 32, 32)
     graph = build_graph(model, x)
-    report = count_cost(model, x)
     scores = get_criterion("l1").score(graph)
-    allocation = allocate("uniform", graph, scores, CostModel(graph, report), Budget(kind="flops", value=0.3), reference=(report.macs, report.params))
+    allocation = allocate("uniform", ProblemInputs.measure(model, graph, scores, x), Budget(kind="flops", value=0.3))
     pruned = apply_plan(model, x, make_plan(graph, scores, allocation.keep))
     before = evaluate(pruned, digits).accuracy
     progress = []

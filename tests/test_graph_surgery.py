@@ -115,8 +115,9 @@ def test_malformed_plans_are_refused():
 def test_layers_the_graph_cannot_cut_are_left_whole_with_a_warning_and_the_budget_still_met(caplog):
     from nets import FoldNet
 
-    from autoprune.allocate import allocate, make_plan
+    from autoprune.allocate import ProblemInputs, allocate
     from autoprune.importance import get_criterion
+    from autoprune.surgery import make_plan
     from autoprune.types import Budget
 
     torch.manual_seed(0)
@@ -125,9 +126,7 @@ def test_layers_the_graph_cannot_cut_are_left_whole_with_a_warning_and_the_budge
     assert graph.skipped == ("b",) and "b" in caplog.text
     report = count_cost(model, X[:1])
     scores = get_criterion("l1").score(graph)
-    allocation = allocate(
-        "global", graph, scores, CostModel(graph, report), Budget(kind="flops", value=0.6), reference=(report.macs, report.params)
-    )
+    allocation = allocate("global", ProblemInputs.measure(model, graph, scores, X[:1]), Budget(kind="flops", value=0.6))
     pruned = apply_plan(model, X[:1], make_plan(graph, scores, allocation.keep))
     assert pruned.b.out_channels == 8
     # one channel of `a` is ~11% of this net's MACs, so the budget is met to within that step

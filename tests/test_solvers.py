@@ -7,50 +7,58 @@ import pytest
 import torch
 from conftest import build
 
-from autoprune.allocate import allocate, make_plan
+from autoprune.allocate import ProblemInputs, allocate
+from autoprune.data import iterate_batches
 from autoprune.errors import BudgetError, UnknownNameError
 from autoprune.graph import build_graph
 from autoprune.importance import get_criterion
-from autoprune.measure import CostModel, count_cost
-from autoprune.surgery import apply_plan
+from autoprune.measure import count_cost
+from autoprune.surgery import apply_plan, make_plan
 from autoprune.types import Budget
 from solvers import ALLOCATORS, AllocationProblem, GroupSpec, InfeasibleBudget, get_allocator
+from solvers.evolution import Evolution
 
 X = torch.zeros(1, 3, 32, 32)
+QUICK = {"evolution": Evolution(trials=3, population=2)}  # the contract, not the search quality
 
 
 @pytest.fixture(scope="module", params=["resnet20", "cifar_vgg16_bn"])
-def setup(request):
+def setup(request, digits):
     model = build(request.param)
     graph = build_graph(model, X)
-    report = count_cost(model, X)
-    return model, graph, CostModel(graph, report), report, get_criterion("l1").score(graph)
+    scores = get_criterion("l1").score(graph)
+    small = digits.subset(train=192, test=32)
+    inputs = ProblemInputs.measure(
+        model, graph, scores, X, data=small, batches=lambda: iterate_batches(small, "train", 64, limit=2)
+    )
+    return model, inputs
 
 
 @pytest.mark.parametrize("method", sorted(ALLOCATORS))
 @pytest.mark.parametrize("kind", ["flops", "params"])
 @pytest.mark.parametrize("fraction", [0.3, 0.5, 0.8])
-def test_budget_is_met_within_one_percent_below(setup, method, kind, fraction):
-    model, graph, cost_model, report, scores = setup
-    allocation = allocate(
-        method, graph, scores, cost_model, Budget(kind=kind, value=fraction), reference=(report.macs, report.params)
-    )
-    pruned = apply_plan(model, X, make_plan(graph, scores, allocation.keep))
+def test_every_allocator_meets_the_budget_within_one_percent_below(setup, method, kind, fraction):
+    model, inputs = setup
+    allocation = allocate(QUICK.get(method, method), inputs, Budget(kind=kind, value=fraction))
+    pruned = apply_plan(model, X, make_plan(inputs.graph, inputs.scores, allocation.keep))
     measured = count_cost(pruned, X)
-    achieved = (measured.macs / report.macs) if kind == "flops" else (measured.params / report.params)
+    achieved = (measured.macs if kind == "flops" else measured.params) / inputs.reference[kind]
     assert fraction - 0.01 <= achieved <= fraction
 
 
 def test_impossible_budget_is_a_clear_error(setup):
-    _, graph, cost_model, report, scores = setup
     with pytest.raises(BudgetError, match="cannot be met"):
-        allocate("global", graph, scores, cost_model, Budget(kind="flops", value=0.001), reference=(report.macs, report.params))
+        allocate("global", setup[1], Budget(kind="flops", value=0.001))
 
 
 def test_unknown_allocator_lists_the_known_ones(setup):
-    _, graph, cost_model, report, scores = setup
     with pytest.raises(UnknownNameError, match="uniform"):
-        allocate("nope", graph, scores, cost_model, Budget(kind="flops", value=0.5), reference=(report.macs, report.params))
+        allocate("nope", setup[1], Budget(kind="flops", value=0.5))
+
+
+def test_latency_budget_needs_a_latency_aware_method(setup):
+    with pytest.raises(BudgetError, match="does not take latency_ms"):
+        allocate("global", setup[1], Budget(kind="latency_ms", value=1.0))
 
 
 def toy(budget: float, scores: dict[str, list[float]], blocks: int = 1) -> AllocationProblem:

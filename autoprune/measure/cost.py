@@ -14,12 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from autoprune.graph.build import PruneGraph
 from solvers.base import QuadraticCost
+
+if TYPE_CHECKING:
+    from autoprune.graph.build import PruneGraph
 
 CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -139,6 +142,17 @@ class CostModel:
         if coupled:  # in and out are the same channels (depthwise conv, norm layer)
             removed = max(removed, self._removed(name, "in" if dim == "out" else "out", keep))
         return original - removed
+
+    def widths(self, keep: Mapping[str, int]) -> dict[str, tuple[int, int]]:
+        """(in, out) width of every conv/linear layer with ``keep[group]`` channels kept."""
+        out = {}
+        for layer in self._layers:
+            depthwise = self._groups_of[layer.name][3]
+            out[layer.name] = (
+                self._width(layer.name, "in", layer.in_channels, keep, depthwise),
+                self._width(layer.name, "out", layer.out_channels, keep, depthwise),
+            )
+        return out
 
     def cost(self, keep: Mapping[str, int]) -> tuple[int, int]:
         """(MACs, params) of the model with ``keep[group]`` channels kept in each group."""

@@ -6,7 +6,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from autoprune.errors import SurgeryError
+from autoprune.graph import PruneGraph
 
 PLAN_VERSION = 1
 
@@ -69,3 +72,18 @@ class PruningPlan:
 
     def widths(self) -> dict[str, int]:
         return {g: len(k) for g, k in self.keep.items()}
+
+
+def make_plan(graph: PruneGraph, scores: Mapping[str, np.ndarray], keep: Mapping[str, int]) -> PruningPlan:
+    """Keep the best-scored channels of each group; group-conv blocks keep the same positions."""
+    kept: dict[str, list[int]] = {}
+    for g in graph.groups:
+        n = keep.get(g.id, g.channels)
+        if n >= g.channels:
+            continue
+        units = np.asarray(scores[g.id], dtype=np.float64).reshape(g.blocks, g.block_size).mean(0)
+        best = np.sort(np.argsort(-units, kind="stable")[: n // g.blocks])
+        kept[g.id] = [int(p) + b * g.block_size for b in range(g.blocks) for p in best]
+    return PruningPlan.from_keep(
+        kept, {g.id: g.channels for g in graph.groups}, ignore=graph.ignore, skipped=graph.skipped
+    )

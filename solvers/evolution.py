@@ -1,0 +1,199 @@
+"""Search-based allocation (METHODS.md §3): an Optuna ask/tell search over per-group keep ratios.
+
+This is MetaPruning's evolutionary search without its PruningNet, with candidates scored by an
+injected ``problem.evaluate`` (EagleEye's adaptive-BN accuracy in the pipeline, see
+``autoprune.adaptive_bn``), run by an Optuna sampler as METHODS.md §3c recommends:
+
+- **Search space.** One float per group, its keep ratio in ``[min_units/units, 1]``. Groups whose
+  ``min_units`` equals their width have nothing to choose and are left out. METHODS.md gives no
+  reason to share ratios between groups here: the channel-coupling groups already merge the
+  widths MetaPruning shares (residual stage outputs), so the ratios stay per group.
+- **Repair (default).** A sampled ratio vector ``r`` is read as a *shape*: group ``g`` gets its
+  k-th unit when a common scale ``s`` reaches ``(k - ½)/(r_g·units_g)``, so ``s = 1`` is ``r``
+  itself rounded to whole units, and growing ``s`` adds units in proportion to ``r`` (so only the
+  shape of ``r`` matters, not its scale: a flat direction the samplers tolerate). The
+  largest prefix of that order whose cost fits the budget is found by bisection on the real
+  cost (``largest_feasible``). This is ITPruner's ``raw2cfg`` rescaling (one scalar for all
+  ratios) made exact on the integer grid: it moves candidates that are over the budget down and
+  those under it up, so every evaluation is spent on a network that uses the budget, and
+  none is infeasible. The sampler learns from the raw parameters; the evaluated allocation
+  is kept in the trial's user attribute ``candidate``, so a stored study can be read back.
+- **Rejection** (``repair=False``): MetaPruning/EagleEye's rule. The sampled ratios, rounded,
+  are the candidate; one over the budget is not evaluated and is told ``-inf``. NSGA-II's
+  constrained domination (feasible beats infeasible, then smaller violation) does the rest.
+- **Constraint.** Every trial records ``trial.set_constraint("budget", cost/budget - 1)``
+  (≤ 0 is feasible) for the candidate it stands for; ``constraints_func`` is deprecated in
+  Optuna 5.0. CMA-ES ignores constraints, so it only runs with repair.
+- **Warm start.** The uniform allocation is enqueued as the first trial (METHODS.md §3c), so
+  the search never returns less than the uniform baseline as judged by ``evaluate``.
+
+Simplifications: single-objective (maximise ``evaluate``; the cost is a constraint, not a
+second objective), and a few dozen trials instead of the papers' ~1000 evaluations, because
+each adaptive-BN evaluation costs forward passes over the calibration and held-out batches.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import optuna
+from optuna.distributions import FloatDistribution
+
+from solvers.base import Allocation, AllocationProblem, Allocator, GroupSpec, largest_feasible
+from solvers.uniform import Uniform
+
+SAMPLERS = ("nsga2", "cmaes")
+
+
+@dataclass(frozen=True)
+class _Evaluated:
+    keep: dict[str, int]
+    cost: float
+    score: float
+    trial: int
+
+
+class Evolution(Allocator):
+    """Optuna NSGA-II or CMA-ES over per-group keep ratios, scored by ``problem.evaluate``."""
+
+    needs = frozenset({"evaluate"})
+    budgets = frozenset({"flops", "params", "latency_ms"})
+
+    def __init__(self, trials: int = 60, sampler: str = "nsga2", population: int = 16, repair: bool = True) -> None:
+        if trials < 1:
+            raise ValueError(f"trials must be at least 1, not {trials}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
+        if population < 2:
+            raise ValueError(f"population must be at least 2, not {population}")
+        if sampler == "cmaes" and not repair:
+            raise ValueError("sampler='cmaes' ignores Optuna constraints: it needs repair=True")
+        if sampler == "cmaes" and importlib.util.find_spec("cmaes") is None:
+            raise ValueError("sampler='cmaes' needs the 'cmaes' package (Optuna's CMA-ES backend)")
+        self.trials = trials
+        self.sampler = sampler
+        self.population = population
+        self.repair = repair
+
+    def allocate(self, problem: AllocationProblem) -> Allocation:
+        problem.check_feasible()
+        if problem.evaluate is None:
+            raise ValueError("the evolution allocator needs problem.evaluate (a score of keep counts)")
+        free = [g for g in problem.groups if g.min_units < g.units]
+        space = {g.id: FloatDistribution(g.min_units / g.units, 1.0) for g in free}
+        uniform = Uniform().allocate(problem).keep
+        study_name = f"autoprune-evolution-{self.sampler}-seed{problem.seed}-{uuid.uuid4().hex[:12]}"
+        with _quiet_optuna(), _storage(problem.storage) as storage:
+            study = optuna.create_study(
+                storage=storage, study_name=study_name, direction="maximize", sampler=self._sampler(problem.seed)
+            )
+            study.enqueue_trial({g.id: uniform[g.id] / g.channels for g in free})
+            evaluated = self._search(study, space, problem)
+        best = max(evaluated, key=lambda c: c.score)  # the first of equals: deterministic
+        return Allocation(
+            keep=best.keep,
+            cost=best.cost,
+            diagnostics={
+                "sampler": self.sampler,
+                "repair": self.repair,
+                "study_name": study_name,
+                "trials": self.trials,
+                "feasible": len(evaluated),
+                "best_score": best.score,
+                "best_trial": best.trial,
+                "uniform_score": evaluated[0].score,
+                "trace": [(c.cost / problem.budget, c.score) for c in evaluated],
+            },
+        )
+
+    def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        if self.sampler == "cmaes":
+            return optuna.samplers.CmaEsSampler(seed=seed, popsize=self.population, warn_independent_sampling=False)
+        return optuna.samplers.NSGAIISampler(population_size=self.population, seed=seed)
+
+    def _search(
+        self, study: optuna.Study, space: dict[str, FloatDistribution], problem: AllocationProblem
+    ) -> list[_Evaluated]:
+        """Ask, repair or reject, evaluate, tell; the feasible candidates in trial order.
+
+        The first trial is the enqueued uniform allocation, which is feasible, so the list is
+        never empty and starts with it.
+        """
+        evaluated: list[_Evaluated] = []
+        for _ in range(self.trials):
+            trial = study.ask(space)
+            units = self._candidate(problem, trial.params)
+            keep = problem.channels(units)
+            cost = problem.cost_of_units(units)
+            trial.set_constraint("budget", cost / problem.budget - 1.0)
+            trial.set_user_attr("candidate", {"keep": keep, "cost_fraction": cost / problem.budget})
+            if cost > problem.budget:
+                study.tell(trial, -math.inf)  # rejected unevaluated; the constraint ranks it below feasible ones
+                continue
+            score = float(problem.evaluate(keep))
+            study.tell(trial, score)
+            evaluated.append(_Evaluated(keep=keep, cost=cost, score=score, trial=trial.number))
+        return evaluated
+
+    def _candidate(self, problem: AllocationProblem, ratios: dict[str, float]) -> dict[str, int]:
+        """Units per group for sampled ``ratios``: repaired onto the budget, or rounded as sampled."""
+        groups = problem.groups
+        floor = np.array([g.min_units for g in groups])
+        owner, scales = _growth(groups, ratios)
+
+        def units_at(k: int) -> dict[str, int]:
+            counts = floor + np.bincount(owner[:k], minlength=len(groups))
+            return {g.id: int(n) for g, n in zip(groups, counts, strict=True)}
+
+        if self.repair:
+            return units_at(largest_feasible(len(owner), lambda k: problem.cost_of_units(units_at(k)), problem.budget))
+        return units_at(int(np.searchsorted(scales, 1.0, side="right")))
+
+
+def _growth(groups: tuple[GroupSpec, ...], ratios: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Every unit above the floors, in the order a growing common scale ``s`` adds them.
+
+    Group ``g`` gets its u-th unit at ``s = (u - ½)/(ratio_g·units_g)``, so the units added up to
+    ``s = 1`` are the sampled ratios rounded to the nearest unit. Returns the group index of each
+    unit and its scale, sorted by scale (stable: ties go to the earlier group).
+    """
+    owner = np.concatenate([np.full(g.units - g.min_units, i, dtype=np.int64) for i, g in enumerate(groups)])
+    scales = np.concatenate(
+        [
+            (np.arange(g.min_units + 1, g.units + 1) - 0.5) / (ratios.get(g.id, 1.0) * g.units)
+            for g in groups  # a group left out of the search has no unit above its floor
+        ]
+    )
+    order = np.argsort(scales, kind="stable")
+    return owner[order], scales[order]
+
+
+@contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    """Optuna logs every trial at INFO; silence it for the search and restore the caller's level."""
+    previous = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(previous)
+
+
+@contextmanager
+def _storage(url: str | None) -> Iterator[optuna.storages.BaseStorage | None]:
+    """The study's storage: in memory for ``None``, else an RDB one whose connections are closed after."""
+    if url is None:
+        yield None
+        return
+    storage = optuna.storages.RDBStorage(url)
+    try:
+        yield storage
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()

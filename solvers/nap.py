@@ -1,0 +1,51 @@
+"""NAP allocation (Zeng, Xiong & Urtasun, 2021; METHODS.md §1.3): one global ranking of saliencies.
+
+Fed K-FAC/OBS saliencies (``importance/kfac.py``), every score is an estimate of the same scalar,
+the increase of the training loss when the channel goes. So, unlike :class:`GlobalRank`, NAP does
+*not* normalise per layer: raw scores are ranked network-wide, the lowest removed first, and the
+longest prefix of the ranking that fits the budget is kept (bisection on the real cost). The
+per-layer ratios fall out with no per-layer knobs.
+
+- A unit of a group-conv group is ``blocks`` channels removed together; under the block-diagonal
+  curvature their losses add, so a unit scores the *sum* of its channels (not the mean).
+- ``per_cost=True`` ranks by loss increase per unit of cost saved, s / ΔC, the variant §1.3 gives
+  for FLOPs targets [D]. ΔC is the cost one unit of the group saves at full width (the marginal
+  of the real cost function; it shrinks as neighbours are pruned, which the ranking ignores).
+- The per-layer cap against layer collapse (§1.3, §1.6) is the problem's ``min_units``.
+
+The iterative algorithm of §1.4 (prune a step, re-estimate the curvature, repeat) is a pipeline
+schedule, not an allocator: each step builds a fresh problem from re-computed saliencies.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from solvers.base import Allocation, AllocationProblem, Allocator, GroupSpec
+from solvers.global_rank import keep_best_prefix
+
+
+class NAP(Allocator):
+    """Keep the channels with the largest raw loss-increase saliency network-wide, to the budget."""
+
+    def __init__(self, per_cost: bool = False) -> None:
+        if not isinstance(per_cost, bool):
+            raise ValueError(f"per_cost must be True or False, got {per_cost!r}")
+        self.per_cost = per_cost
+
+    def allocate(self, problem: AllocationProblem) -> Allocation:
+        scores = {g.id: problem.unit_scores(g) * g.blocks for g in problem.groups}
+        if self.per_cost:
+            scores = {g.id: per_saving(scores[g.id], unit_saving(problem, g)) for g in problem.groups}
+        return keep_best_prefix(problem, scores)
+
+
+def unit_saving(problem: AllocationProblem, group: GroupSpec) -> float:
+    """Cost saved by removing one unit of ``group`` from the full network."""
+    full = {g.id: g.units for g in problem.groups}
+    return problem.cost_of_units(full) - problem.cost_of_units({**full, group.id: group.units - 1})
+
+
+def per_saving(scores: np.ndarray, saving: float) -> np.ndarray:
+    """Loss increase per cost saved; units whose removal saves nothing are kept first (inf)."""
+    return scores / saving if saving > 0 else np.full_like(scores, np.inf)

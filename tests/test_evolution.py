@@ -1,0 +1,251 @@
+"""Evolution allocator (Optuna search) on toy problems with brute-forced optima; adaptive-BN evaluator."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from nets import conv_bn
+from torch import nn
+
+from autoprune.adaptive_bn import make_evaluator, recalibrate, split_training
+from autoprune.allocate import group_specs
+from autoprune.data import load_data
+from autoprune.finetune import finetune
+from autoprune.graph import build_graph
+from autoprune.importance import get_criterion
+from autoprune.measure import CostModel, count_cost
+from autoprune.types import FinetuneConfig
+from solvers import AllocationProblem, GroupSpec, InfeasibleBudget
+from solvers.evolution import Evolution
+from solvers.uniform import Uniform
+
+ALPHA = {"a": 0.5, "b": 0.3, "c": 0.2}
+WEIGHT = {"a": 1.0, "b": 2.0, "c": 1.0}
+
+
+def log_utility(keep):
+    """Concave and increasing: its maximum under a linear cost lies on the budget boundary."""
+    return sum(ALPHA[g] * math.log(keep[g]) for g in ALPHA)
+
+
+def linear_problem(budget=60.0, seed=0, evaluate=log_utility, channels=40, blocks=1, min_units=1, storage=None):
+    groups = tuple(GroupSpec(id=g, channels=channels, blocks=blocks, min_units=min_units) for g in ALPHA)
+    return AllocationProblem(
+        groups=groups,
+        scores={g: np.ones(channels) for g in ALPHA},
+        cost=lambda keep: sum(WEIGHT[g] * keep[g] for g in keep),
+        budget=budget,
+        evaluate=evaluate,
+        storage=storage,
+        seed=seed,
+    )
+
+
+def chain_cost(keep):
+    """A three-layer CNN's MACs: bilinear in neighbouring widths, like the real cost model."""
+    return 27 * keep["a"] + 9 * keep["a"] * keep["b"] + 9 * keep["b"] * keep["c"] + 10 * keep["c"]
+
+
+def test_finds_the_brute_force_optimum_on_the_budget_boundary():
+    problem = linear_problem()
+    best = max(
+        (log_utility(dict(zip(ALPHA, k, strict=True))), k)
+        for k in itertools.product(range(1, 41), repeat=3)
+        if problem.cost(dict(zip(ALPHA, k, strict=True))) <= problem.budget
+    )
+    allocation = Evolution(trials=60).allocate(problem)
+    uniform = log_utility(Uniform().allocate(problem).keep)
+    assert best[0] - uniform > 0.1  # the uniform start is far from the optimum
+    assert allocation.diagnostics["best_score"] == pytest.approx(log_utility(allocation.keep))
+    assert allocation.diagnostics["best_score"] >= best[0] - 0.02
+    assert allocation.cost == problem.cost(allocation.keep) <= problem.budget
+
+
+def test_repair_fills_the_budget_and_the_uniform_allocation_is_tried_first():
+    calls = []
+    problem = linear_problem(evaluate=lambda keep: calls.append(dict(keep)) or log_utility(keep))
+    allocation = Evolution(trials=12, population=4).allocate(problem)
+    assert calls[0] == dict(Uniform().allocate(problem).keep)
+    # the repaired candidate stops only when the next unit (costing 1 or 2) would not fit
+    assert all(problem.budget - 2 < problem.cost(keep) <= problem.budget for keep in calls)
+    assert [fraction for fraction, _ in allocation.diagnostics["trace"]] == [problem.cost(k) / 60 for k in calls]
+    assert allocation.diagnostics["feasible"] == 12
+    assert allocation.diagnostics["uniform_score"] == log_utility(calls[0])
+
+
+@pytest.mark.parametrize("repair", [True, False])
+def test_never_evaluates_or_returns_an_infeasible_allocation(repair):
+    calls = []
+    groups = tuple(GroupSpec(id=g, channels=32) for g in ALPHA)
+    budget = 0.2 * chain_cost({g: 32 for g in ALPHA})
+    problem = AllocationProblem(
+        groups=groups,
+        scores={g: np.ones(32) for g in ALPHA},
+        cost=chain_cost,
+        budget=budget,
+        evaluate=lambda keep: calls.append(dict(keep)) or log_utility(keep),
+        seed=3,
+    )
+    allocation = Evolution(trials=40, population=8, repair=repair).allocate(problem)
+    diagnostics = allocation.diagnostics
+    assert all(chain_cost(keep) <= budget for keep in calls)
+    assert chain_cost(allocation.keep) <= budget and allocation.keep in calls
+    assert diagnostics["feasible"] == len(diagnostics["trace"]) == len(calls)
+    assert [score for _, score in diagnostics["trace"]] == [log_utility(keep) for keep in calls]
+    if repair:
+        assert len(calls) == 40
+    else:  # random ratios in [1/32, 1]: most cost more than 20% of the full chain, and are skipped
+        assert len(calls) < 40
+
+
+def test_respects_blocks_and_min_units():
+    calls = []
+    problem = linear_problem(
+        budget=70.0, channels=32, blocks=4, min_units=3, evaluate=lambda keep: calls.append(dict(keep)) or 0.0
+    )
+    allocation = Evolution(trials=20, population=4).allocate(problem)
+    for keep in [*calls, allocation.keep]:
+        assert all(n % 4 == 0 and 12 <= n <= 32 for n in keep.values())
+        assert problem.cost(keep) <= problem.budget
+
+
+def test_study_is_persisted_with_constraints_and_rejected_trials_are_not_evaluated(tmp_path):
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    calls = []
+    problem = linear_problem(budget=40.0, storage=url, evaluate=lambda keep: calls.append(dict(keep)) or 1.0)
+    allocation = Evolution(trials=8, population=4, repair=False).allocate(problem)
+    trials = optuna.load_study(study_name=allocation.diagnostics["study_name"], storage=url).trials
+    assert len(trials) == 8
+    assert trials[0].params == {g: keep / 40 for g, keep in Uniform().allocate(problem).keep.items()}
+    evaluated = []
+    for trial in trials:
+        candidate = trial.user_attrs["candidate"]
+        keep = candidate["keep"]
+        # without repair the candidate is the sampled ratios rounded to the nearest channel
+        assert keep == {g: max(1, round(trial.params[g] * 40)) for g in ALPHA}
+        assert trial.constraints["budget"] == pytest.approx(problem.cost(keep) / 40.0 - 1)
+        assert candidate["cost_fraction"] == pytest.approx(problem.cost(keep) / 40.0)
+        if trial.constraints["budget"] > 0:
+            assert trial.value == -math.inf
+        else:
+            evaluated.append(keep)
+            assert trial.value == 1.0
+    assert evaluated == calls and 0 < len(calls) < 8
+
+
+@pytest.mark.parametrize("sampler", ["nsga2", "cmaes"])
+def test_both_samplers_run_and_are_reproducible(sampler):
+    if sampler == "cmaes":
+        pytest.importorskip("cmaes", reason="Optuna's CMA-ES sampler needs the cmaes package")
+    first = Evolution(trials=20, population=6, sampler=sampler).allocate(linear_problem(seed=5))
+    again = Evolution(trials=20, population=6, sampler=sampler).allocate(linear_problem(seed=5))
+    assert first.keep == again.keep and first.diagnostics["trace"] == again.diagnostics["trace"]
+    assert first.cost <= 60.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"trials": 0}, "trials"),
+        ({"sampler": "tpe"}, "sampler"),
+        ({"population": 1}, "population"),
+        ({"sampler": "cmaes", "repair": False}, "repair"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Evolution(**kwargs)
+
+
+# --- adaptive BN ------------------------------------------------------------------------------
+
+
+class SmallNet(nn.Module):
+    """Three conv-BN layers: pruning the first two leaves the next BN's statistics stale."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            conv_bn(3, 16), nn.MaxPool2d(2), conv_bn(16, 32), nn.MaxPool2d(2), conv_bn(32, 32), nn.AdaptiveAvgPool2d(1)
+        )
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).flatten(1))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    data = load_data("digits").subset(1000, 10)
+    torch.manual_seed(0)
+    model = SmallNet()
+    cfg = FinetuneConfig(
+        epochs=2, lr=3e-3, optimizer="adamw", weight_decay=0.0, distill=False, augment=False, batch_size=32
+    )
+    finetune(model, data, cfg)
+    example = torch.zeros(1, 3, 32, 32)
+    graph = build_graph(model, example)
+    return model.eval(), graph, get_criterion("l1").score(graph), data
+
+
+def test_recalibration_is_the_plain_average_of_batch_statistics():
+    bn = nn.BatchNorm2d(3, momentum=0.3)
+    bn.running_mean.fill_(5.0)
+    model = nn.Sequential(bn).eval()
+    batches = [torch.randn(4, 3, 2, 2) * (i + 1) + i for i in range(3)]
+    recalibrate(model, ((x, None) for x in batches))
+    means = torch.stack([x.mean((0, 2, 3)) for x in batches]).mean(0)
+    variances = torch.stack([x.transpose(0, 1).reshape(3, -1).var(1, unbiased=True) for x in batches]).mean(0)
+    assert torch.allclose(bn.running_mean, means, atol=1e-5)
+    assert torch.allclose(bn.running_var, variances, atol=1e-4)
+    assert bn.momentum == 0.3 and not model.training and not bn.training
+
+
+def test_held_out_examples_are_disjoint_from_calibration():
+    held, calibration = split_training(100, 30, seed=4)
+    assert len(held) == 30 and set(held.tolist()).isdisjoint(calibration.tolist())
+    assert sorted([*held.tolist(), *calibration.tolist()]) == list(range(100))
+    assert torch.equal(held, split_training(100, 30, seed=4)[0])
+
+
+def test_adaptive_bn_beats_stale_statistics_and_is_deterministic(trained):
+    model, graph, scores, data = trained
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    keep = {g.id: round(0.6 * g.channels) for g in graph.groups}
+    adaptive = make_evaluator(model, graph, scores, data, calibration_batches=10, eval_examples=400)
+    stale = make_evaluator(model, graph, scores, data, calibration_batches=0, eval_examples=400)
+    score = adaptive(keep)
+    assert score >= stale(keep) + 0.1 and score > 0.3
+    assert adaptive(keep) == score
+    assert make_evaluator(model, graph, scores, data, calibration_batches=10, eval_examples=400)(keep) == score
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN buffers untouched
+    assert not model.training
+
+
+def test_evolution_with_adaptive_bn_meets_a_macs_budget_and_refuses_one_percent(trained):
+    model, graph, scores, data = trained
+    example = graph.example_input
+    report = count_cost(model, example)
+    cost_model = CostModel(graph, report)
+
+    def problem(fraction, evaluate):
+        return AllocationProblem(
+            groups=group_specs(graph, 0.1),
+            scores=scores,
+            cost=lambda keep: cost_model.cost(keep)[0],
+            budget=fraction * report.macs,
+            evaluate=evaluate,
+        )
+
+    evaluate = make_evaluator(model, graph, scores, data, calibration_batches=4, eval_examples=300)
+    allocation = Evolution(trials=6, population=3).allocate(problem(0.5, evaluate))
+    assert cost_model.cost(allocation.keep)[0] <= 0.5 * report.macs
+    assert allocation.diagnostics["best_score"] == evaluate(allocation.keep)
+    with pytest.raises(InfeasibleBudget):
+        Evolution().allocate(problem(0.01, lambda keep: pytest.fail("an infeasible budget must not be searched")))
