@@ -61,9 +61,22 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--arch", required=True, help="architecture name: resnet20/32/56/110, cifar_vgg16_bn, any torchvision model, timm:NAME")
     prune.add_argument("--weights", help="trained weights: .safetensors or a weights-only .pt/.pth state dict")
     prune.add_argument("--data", required=True, help="digits | npz:DIR | folder:DIR | an archive (.zip/.tar/.tar.gz) of either")
-    prune.add_argument("--budget", required=True, help="flops=0.5 (keep at most 50%% of MACs) | params=0.6")
-    prune.add_argument("--method", default="global", help="allocator: uniform | global (default global)")
-    prune.add_argument("--criterion", help="channel importance: l1 | taylor | bn_scale (default: taylor for global, l1 for uniform)")
+    prune.add_argument(
+        "--budget", required=True,
+        help="flops=0.5 (keep at most 50%% of MACs) | params=0.6 | latency_ms=4.0 (absolute, see --runtime)",
+    )
+    prune.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch", help="where a latency budget is measured (default torch)")
+    prune.add_argument("--latency-batch", type=int, default=1, help="batch size at which latency is measured (default 1)")
+    prune.add_argument(
+        "--method", default="global",
+        help="allocator: uniform | global | nap | itpruner | evolution | halp (default global); "
+        "latency budgets: halp or evolution",
+    )
+    prune.add_argument(
+        "--criterion",
+        help="channel importance: l1 | taylor | bn_scale | chip | attribution | taylor_guided | kfac "
+        "(default per method: global taylor, uniform l1, nap kfac, itpruner l1, evolution l1, halp taylor)",
+    )
     prune.add_argument("--schedule", choices=["oneshot", "iterative"], default="oneshot", help="prune once, or in steps with fine-tuning between them")
     prune.add_argument("--steps", type=int, default=3, help="steps of the iterative schedule (default 3)")
     prune.add_argument("--calibration-batches", type=int, default=8, help="batches of 64 used by data-driven criteria (default 8)")
@@ -145,6 +158,13 @@ def print_summary(report: dict[str, Any], out: str) -> None:
     console.print(f"wrote {out}/: report.json, model.safetensors, spec.json" + (", model.onnx" if report["onnx_max_abs_diff"] is not None else "") + f" (onnxruntime max abs diff {report['onnx_max_abs_diff']})")
 
 
+def _budget(args: argparse.Namespace) -> Budget:
+    budget = Budget.parse(args.budget)
+    if budget.kind == "latency_ms":
+        return budget.evolve(runtime=args.runtime, batch_size=args.latency_batch)
+    return budget
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     from autoprune import pipeline
 
@@ -152,7 +172,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         arch=args.arch,
         weights=args.weights,
         data=args.data,
-        budget=Budget.parse(args.budget),
+        budget=_budget(args),
         method=args.method,
         criterion=args.criterion,
         schedule=args.schedule,

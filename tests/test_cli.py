@@ -23,7 +23,9 @@ def test_help_documents_every_flag():
         if action.option_strings and action.dest != "help":
             assert action.help, f"{action.option_strings} has no help"
     text = prune.format_help()
-    for flag in ("--arch", "--weights", "--data", "--budget", "--method", "--criterion", "--finetune-epochs", "--seed", "--out"):
+    for name in ("uniform", "global", "nap", "itpruner", "evolution", "halp", "kfac", "chip", "attribution"):
+        assert name in text
+    for flag in ("--arch", "--weights", "--data", "--budget", "--method", "--criterion", "--finetune-epochs", "--seed", "--out", "--runtime"):
         assert flag in text
 
 
@@ -51,7 +53,8 @@ def with_flag(argv: list[str], flag: str, value: str) -> list[str]:
         ("--budget", "speed=2", "budget kind"),
         ("--budget", "flops=abc", "not a number"),
         ("--budget", "flops=0.001", "cannot be met"),
-        ("--budget", "latency_ms=2", "latency"),
+        ("--budget", "latency_ms=2", "does not take latency_ms"),
+        ("--budget", "latency_ms=-1", "positive"),
         ("--method", "magic", "unknown allocator"),
         ("--criterion", "magic", "unknown criterion"),
         ("--data", "nosuchdata", "digits"),

@@ -88,3 +88,24 @@ def test_iterative_schedule_records_each_step(tmp_path, trained_resnet20):
 def test_params_budget(tmp_path, trained_resnet20):
     report = run(spec(tmp_path, trained_resnet20, budget=Budget(kind="params", value=0.6), finetune=FinetuneConfig(epochs=0), export_onnx=False, export_pt2=False))
     assert 0.59 <= report["params_ratio"] <= 0.6
+
+
+@pytest.mark.parametrize(("method", "criterion"), [("nap", None), ("itpruner", None), ("halp", None), ("global", "chip"), ("uniform", "attribution")])
+def test_every_method_runs_end_to_end_and_meets_a_macs_budget(tmp_path, trained_resnet20, method, criterion):
+    report = run(spec(tmp_path, trained_resnet20, method=method, criterion=criterion, finetune=FinetuneConfig(epochs=0), calibration_batches=2, export_onnx=False, export_pt2=False))
+    assert 0.49 <= report["flops_ratio"] <= 0.5
+    assert report["criterion"] == (criterion or {"nap": "kfac", "itpruner": "l1", "halp": "taylor"}[method])
+
+
+def test_halp_meets_a_measured_latency_target(tmp_path, trained_resnet20):
+    from autoprune.measure import torch_latency_ms
+    from autoprune.models import create_model, load_weights
+
+    model = create_model("resnet20")
+    load_weights(model, trained_resnet20)
+    full = torch_latency_ms(model, (3, 32, 32), repeats=30)
+    target = 0.7 * full
+    report = run(spec(tmp_path, trained_resnet20, method="halp", budget=Budget(kind="latency_ms", value=target), finetune=FinetuneConfig(epochs=0), latency_repeats=30, export_onnx=False, export_pt2=False))
+    step = report["allocation"][0]
+    assert step["achieved"] <= target  # measured on the whole pruned model by the pipeline
+    assert report["flops_ratio"] < 0.95
