@@ -21,12 +21,14 @@ import torch_pruning
 from torch import nn
 
 from autoprune.allocate import ProblemInputs, allocate, check_method
+from autoprune.compensate import compensated_cut
 from autoprune.data import ImageData, iterate_batches, load_data
 from autoprune.errors import BudgetError, CancelledError, SurgeryError
 from autoprune.export import ModelSpec, export_onnx, export_pt2, save_weights, write_json
 from autoprune.finetune import evaluate, finetune
 from autoprune.graph import build_graph
 from autoprune.importance import get_criterion
+from autoprune.importance.kfac import KFAC, saliencies
 from autoprune.measure import count_cost, onnx_latency_ms, torch_latency_ms
 from autoprune.measure.latency_table import LatencyTable
 from autoprune.models import create_model, load_weights
@@ -148,7 +150,12 @@ def prune_once(
         progress("importance", 0.0, {"criterion": criterion_name})
         graph = build_graph(model, example)
         criterion = get_criterion(criterion_name)
-        scores = criterion.score(graph, batches if criterion.needs_data else None)
+        factors = None
+        if spec.obs_compensation and isinstance(criterion, KFAC):
+            factors = criterion.factors(graph, batches)  # kept for the compensation below
+            scores = saliencies(graph, factors)
+        else:
+            scores = criterion.score(graph, batches if criterion.needs_data else None)
         progress("importance", 1.0, {"groups": len(graph.groups), "skipped": list(graph.skipped)})
     inputs = ProblemInputs.measure(
         model, graph, scores, example, reference=reference, data=data, batches=batches, seed=spec.seed
@@ -171,7 +178,10 @@ def prune_once(
             plan = make_plan(graph, scores, allocation.keep)
             progress("allocation", 1.0, {"predicted": allocation.cost})
         with timer("surgery"):
-            pruned = apply_plan(model, example, plan)
+            if factors is not None:
+                pruned = compensated_cut(model, graph, factors, plan, example, batches)
+            else:
+                pruned = apply_plan(model, example, plan)
             reached = achieved(pruned, example, budget, reference, spec.latency_repeats)
             progress("surgery", 1.0, {budget.kind: reached})
         if reached <= budget.value * (1 + 1e-12):
@@ -182,6 +192,7 @@ def prune_once(
                 "predicted": allocation.cost,
                 "achieved": reached,
                 "attempts": attempt + 1,
+                "obs_compensation": factors is not None,
                 **dict(allocation.diagnostics),
             }
             return pruned, plan, diagnostics

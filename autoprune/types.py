@@ -147,6 +147,7 @@ class JobSpec:
     schedule: Literal["oneshot", "iterative"] = "oneshot"
     iterative_steps: int = 3
     calibration_batches: int = 8
+    obs_compensation: bool = True  # with the kfac criterion: NAP's OBS update of the kept weights
     seed: int = 0
     latency_repeats: int = 30
     export_onnx: bool = True

@@ -109,3 +109,12 @@ def test_halp_meets_a_measured_latency_target(tmp_path, trained_resnet20):
     step = report["allocation"][0]
     assert step["achieved"] <= target  # measured on the whole pruned model by the pipeline
     assert report["flops_ratio"] < 0.95
+
+
+def test_nap_obs_compensation_recovers_accuracy_before_any_finetuning(tmp_path, trained_resnet20):
+    common = dict(method="nap", finetune=FinetuneConfig(epochs=0), calibration_batches=2, export_onnx=False, export_pt2=False)
+    plain = run(spec(tmp_path, trained_resnet20, obs_compensation=False, **common))
+    compensated = run(spec(tmp_path, trained_resnet20, obs_compensation=True, **common))
+    assert compensated["allocation"][0]["obs_compensation"] and not plain["allocation"][0]["obs_compensation"]
+    assert compensated["flops_ratio"] == plain["flops_ratio"]  # same plan, different weights
+    assert compensated["accuracy_pruned"] > plain["accuracy_pruned"]

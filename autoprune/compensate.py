@@ -1,0 +1,39 @@
+"""NAP's weight compensation: the kept weights absorb the removed ones (OBS under K-FAC)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from autoprune.adaptive_bn import recalibrate
+from autoprune.graph import PruneGraph
+from autoprune.importance import Batches
+from autoprune.importance.kfac import KronFactors, obs_compensation
+from autoprune.surgery import PruningPlan, apply_plan
+
+
+def compensated_cut(
+    model: nn.Module,
+    graph: PruneGraph,
+    factors: Mapping[nn.Module, KronFactors],
+    plan: PruningPlan,
+    example_input: torch.Tensor,
+    batches: Batches,
+) -> nn.Module:
+    """Cut ``plan`` from a copy of ``model`` after the OBS update of its remaining weights.
+
+    The update changes conv/linear weights, so batch-norm statistics are re-estimated on the
+    calibration batches afterwards (METHODS.md §1.4). ``model`` itself is untouched.
+    """
+    names = {module: name for name, module in model.named_modules()}
+    updated = copy.deepcopy(model)
+    updated_graph = PruneGraph(updated, example_input, ignore=graph.ignore, skipped=graph.skipped)
+    moved = {updated.get_submodule(names[m]): f for m, f in factors.items()}
+    with torch.no_grad():
+        obs_compensation(updated_graph, moved, plan.keep)
+    pruned = apply_plan(updated, example_input, plan)
+    recalibrate(pruned, batches())
+    return pruned
