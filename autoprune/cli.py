@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--schedule", choices=["oneshot", "iterative"], default="oneshot", help="prune once, or in steps with fine-tuning between them")
     prune.add_argument("--steps", type=int, default=3, help="steps of the iterative schedule (default 3)")
     prune.add_argument("--calibration-batches", type=int, default=8, help="batches of 64 used by data-driven criteria (default 8)")
+    prune.add_argument(
+        "--no-obs-compensation", action="store_true",
+        help="with the kfac criterion, skip NAP's OBS update of the kept weights (and the BN re-estimate)",
+    )
     prune.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     prune.add_argument("--latency-repeats", type=int, default=30, help="timed runs per latency measurement (default 30)")
     prune.add_argument("--no-onnx", action="store_true", help="skip the ONNX export and its onnxruntime check")
@@ -178,6 +182,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         schedule=args.schedule,
         iterative_steps=args.steps,
         calibration_batches=args.calibration_batches,
+        obs_compensation=not args.no_obs_compensation,
         finetune=_finetune_config(args),
         seed=args.seed,
         latency_repeats=args.latency_repeats,
