@@ -24,19 +24,20 @@ paper says, then summed into the group's channels.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-from torch import nn
 
 from autoprune.graph import PruneGraph
-from autoprune.importance.base import Batches, Criterion, GroupScores, scatter_to_channels
+from autoprune.importance.base import (
+    Batches,
+    Criterion,
+    GroupScores,
+    Statistic,
+    gradient_statistics,
+    scatter_to_channels,
+)
 from autoprune.importance.taylor import feature_points
 
 EPS = 1e-12
-
-Statistic = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""(activation, gradient of the target logit), each (N, C, P) in float64 → per-example scores (N, C)."""
 
 
 def gradcam_agreement(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
@@ -76,7 +77,7 @@ def layer_normalised_scores(graph: PruneGraph, batches: Batches | None, statisti
     if batches is None:
         raise ValueError(f"the {name} criterion needs calibration batches")
     points = {g.id: feature_points(graph, g.id) for g in graph.groups}
-    means = target_statistics(graph.model, set().union(*points.values()), batches, statistic)
+    means = gradient_statistics(graph.model, set().union(*points.values()), batches, target_logit, statistic)
     normalised = {m: _unit(v) for m, v in means.items()}
     return {
         gid: scatter_to_channels(graph, gid, lambda m, dim, mods=mods: normalised.get(m) if m in mods else None)
@@ -89,38 +90,6 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
     return v / norm if norm > 0 else v
 
 
-def target_statistics(
-    model: nn.Module, modules: set[nn.Module], batches: Batches, statistic: Statistic
-) -> dict[nn.Module, torch.Tensor]:
-    """Mean over examples of ``statistic`` on each module's output and the true-class logit's gradient."""
-    totals: dict[nn.Module, torch.Tensor] = {}
-    examples = 0
-
-    def on_forward(module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-        activation = output.detach().clone()  # a later in-place ReLU must not change it
-
-        def on_grad(grad: torch.Tensor) -> None:
-            flat = (t.reshape(t.shape[0], t.shape[1], -1).to(torch.float64) for t in (activation, grad))
-            value = statistic(*flat).sum(0).cpu()
-            totals[module] = totals[module] + value if module in totals else value
-
-        output.register_hook(on_grad)
-
-    hooks = [m.register_forward_hook(on_forward) for m in modules]
-    was_training = model.training
-    model.eval()
-    try:
-        for x, y in batches():
-            model.zero_grad(set_to_none=True)
-            # Examples are independent in eval mode: the gradient of the summed target logits is
-            # each example's own ∂y^c/∂A.
-            model(x).gather(1, y.reshape(-1, 1).to(device=x.device, dtype=torch.long)).sum().backward()
-            examples += len(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
-    if examples == 0:
-        raise ValueError("no calibration batches were given")
-    return {m: t / examples for m, t in totals.items()}
+def target_logit(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Σ over the batch of the true-class logit: in eval mode each example's gradient is its own ∂y^c/∂A."""
+    return logits.gather(1, y.reshape(-1, 1).to(device=logits.device, dtype=torch.long)).sum()

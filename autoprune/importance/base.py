@@ -8,6 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+from torch import nn
 
 from autoprune.graph import PruneGraph
 
@@ -46,3 +47,49 @@ def scatter_to_channels(
         values = values.detach().to(torch.float64).flatten()
         total.index_add_(0, torch.tensor(root_idxs), values[torch.tensor(idxs)])
     return total.numpy()
+
+
+Statistic = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(activation, gradient), both (N, C, positions) float64 → one value per example and channel (N, C)."""
+
+Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(logits, labels) → a scalar summed over the batch, so each example's gradient is its own."""
+
+
+def gradient_statistics(
+    model: nn.Module, modules: set[nn.Module], batches: Batches, objective: Objective, statistic: Statistic
+) -> dict[nn.Module, torch.Tensor]:
+    """Mean over examples of ``statistic`` on each module's output and the gradient of ``objective``.
+
+    Runs in eval mode (BN running statistics, nothing updated); hooks, gradients and the
+    model's mode are restored whatever happens.
+    """
+    totals: dict[nn.Module, torch.Tensor] = {}
+    examples = 0
+
+    def on_forward(module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        activation = output.detach().clone()  # a later in-place ReLU must not change it
+
+        def on_grad(grad: torch.Tensor) -> None:
+            flat = (t.reshape(t.shape[0], t.shape[1], -1).to(torch.float64) for t in (activation, grad))
+            value = statistic(*flat).sum(0).cpu()
+            totals[module] = totals[module] + value if module in totals else value
+
+        output.register_hook(on_grad)
+
+    hooks = [m.register_forward_hook(on_forward) for m in modules]
+    was_training = model.training
+    model.eval()
+    try:
+        for x, y in batches():
+            model.zero_grad(set_to_none=True)
+            objective(model(x), y).backward()
+            examples += len(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    if examples == 0:
+        raise ValueError("no calibration batches were given")
+    return {m: t / examples for m, t in totals.items()}

@@ -12,13 +12,11 @@ allocator, for every criterion alike.
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import torch
 from torch import nn
 
 from autoprune.graph import PruneGraph
-from autoprune.importance.base import Batches, Criterion, GroupScores, scatter_to_channels
+from autoprune.importance.base import Batches, Criterion, GroupScores, gradient_statistics, scatter_to_channels
 
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -38,42 +36,19 @@ class Taylor(Criterion):
         if batches is None:
             raise ValueError("the taylor criterion needs calibration batches")
         points = {g.id: feature_points(graph, g.id) for g in graph.groups}
-        sums = taylor_sums(graph.model, set().union(*points.values()), batches)
+        modules = set().union(*points.values())
+        sums = gradient_statistics(graph.model, modules, batches, summed_cross_entropy, taylor_saliency)
         return {
             gid: scatter_to_channels(graph, gid, lambda m, dim, mods=mods: sums.get(m) if m in mods else None)
             for gid, mods in points.items()
         }
 
 
-def taylor_sums(model: nn.Module, modules: set[nn.Module], batches: Batches) -> dict[nn.Module, torch.Tensor]:
-    """Mean over examples of |mean over positions of activation × gradient|, per module output channel."""
-    totals: dict[nn.Module, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
-    examples = 0
+def taylor_saliency(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """|mean over positions of activation × gradient| per example and channel."""
+    return (activation * grad).mean(2).abs()
 
-    def on_forward(module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-        activation = output.detach().clone()  # a later in-place ReLU must not change it
 
-        def on_grad(grad: torch.Tensor) -> None:
-            product = (activation * grad).flatten(2).mean(2) if grad.dim() > 2 else activation * grad
-            totals[module] = totals[module] + product.abs().sum(0)
-
-        output.register_hook(on_grad)
-
-    hooks = [m.register_forward_hook(on_forward) for m in modules]
-    was_training = model.training
-    model.eval()
-    try:
-        for x, y in batches():
-            model.zero_grad(set_to_none=True)
-            # Sum over the batch so each example's gradient is its own ∂C_n/∂z, not divided by N.
-            loss = nn.functional.cross_entropy(model(x), y, reduction="sum")
-            loss.backward()
-            examples += len(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
-    if examples == 0:
-        raise ValueError("no calibration batches were given")
-    return {m: t / examples for m, t in totals.items()}
+def summed_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    # Summed over the batch so each example's gradient is its own ∂C_n/∂z, not divided by N.
+    return nn.functional.cross_entropy(logits, y, reduction="sum")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from solvers.base import QuadraticCost
 
@@ -54,6 +55,18 @@ def _own_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters(recurse=False))
 
 
+def forward_with_hooks(model: nn.Module, example_input: torch.Tensor, hooks: list[RemovableHandle]) -> None:
+    """One eval-mode forward of a single example for ``hooks`` to observe; then remove them."""
+    was_training = model.training
+    try:
+        with torch.inference_mode():
+            model.eval()(example_input[:1])
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+
+
 def count_cost(model: nn.Module, example_input: torch.Tensor) -> CostReport:
     """Measure MACs (per sample) and params of ``model`` with one forward pass."""
     seen: dict[str, LayerCost] = {}
@@ -85,14 +98,7 @@ def count_cost(model: nn.Module, example_input: torch.Tensor) -> CostReport:
         for n, m in model.named_modules()
         if isinstance(m, (*CONV, nn.Linear))
     ]
-    was_training = model.training
-    try:
-        with torch.inference_mode():
-            model.eval()(example_input[:1])
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
+    forward_with_hooks(model, example_input, hooks)
     layers = tuple(seen.values())
     return CostReport(
         macs=sum(layer.macs for layer in layers),

@@ -57,7 +57,7 @@ import torch
 from torch import nn
 
 from autoprune.graph.build import ChannelGroup, PruneGraph
-from autoprune.measure.cost import CONV, CostModel, count_cost
+from autoprune.measure.cost import CONV, CostModel, count_cost, forward_with_hooks
 from autoprune.measure.latency import onnx_latency_ms, torch_latency_ms
 from autoprune.surgery import PruningPlan, apply_plan
 
@@ -178,14 +178,7 @@ def _input_dims(model: nn.Module, names: set[str], example_input: torch.Tensor) 
     hooks = [
         m.register_forward_pre_hook(lambda m, a, n=n: hook(n, m, a)) for n, m in model.named_modules() if n in names
     ]
-    was_training = model.training
-    try:
-        with torch.inference_mode():
-            model.eval()(example_input[:1])
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
+    forward_with_hooks(model, example_input, hooks)
     return dims
 
 
