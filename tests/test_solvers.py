@@ -22,9 +22,8 @@ X = torch.zeros(1, 3, 32, 32)
 QUICK = {"evolution": Evolution(trials=3, population=2)}  # the contract, not the search quality
 
 
-@pytest.fixture(scope="module", params=["resnet20", "cifar_vgg16_bn"])
-def setup(request, digits):
-    model = build(request.param)
+def make_setup(arch: str, digits):
+    model = build(arch)
     graph = build_graph(model, X)
     scores = get_criterion("l1").score(graph)
     small = digits.subset(train=192, test=32)
@@ -34,10 +33,29 @@ def setup(request, digits):
     return model, inputs
 
 
+@pytest.fixture(scope="module")
+def resnet20(digits):
+    return make_setup("resnet20", digits)
+
+
+@pytest.fixture(scope="module")
+def vgg(digits):
+    return make_setup("cifar_vgg16_bn", digits)
+
+
 @pytest.mark.parametrize("method", sorted(ALLOCATORS))
 @pytest.mark.parametrize("kind", ["flops", "params"])
 @pytest.mark.parametrize("fraction", [0.3, 0.5, 0.8])
-def test_every_allocator_meets_the_budget_within_one_percent_below(setup, method, kind, fraction):
+def test_every_allocator_meets_the_budget_within_one_percent_below(resnet20, method, kind, fraction):
+    check_budget(resnet20, method, kind, fraction)
+
+
+@pytest.mark.parametrize("method", sorted(ALLOCATORS))
+def test_every_allocator_meets_the_budget_on_vgg(vgg, method):
+    check_budget(vgg, method, "flops", 0.5)
+
+
+def check_budget(setup, method, kind, fraction):
     model, inputs = setup
     allocation = allocate(QUICK.get(method, method), inputs, Budget(kind=kind, value=fraction))
     pruned = apply_plan(model, X, make_plan(inputs.graph, inputs.scores, allocation.keep))
@@ -46,19 +64,19 @@ def test_every_allocator_meets_the_budget_within_one_percent_below(setup, method
     assert fraction - 0.01 <= achieved <= fraction
 
 
-def test_impossible_budget_is_a_clear_error(setup):
+def test_impossible_budget_is_a_clear_error(resnet20):
     with pytest.raises(BudgetError, match="cannot be met"):
-        allocate("global", setup[1], Budget(kind="flops", value=0.001))
+        allocate("global", resnet20[1], Budget(kind="flops", value=0.001))
 
 
-def test_unknown_allocator_lists_the_known_ones(setup):
+def test_unknown_allocator_lists_the_known_ones(resnet20):
     with pytest.raises(UnknownNameError, match="uniform"):
-        allocate("nope", setup[1], Budget(kind="flops", value=0.5))
+        allocate("nope", resnet20[1], Budget(kind="flops", value=0.5))
 
 
-def test_latency_budget_needs_a_latency_aware_method(setup):
+def test_latency_budget_needs_a_latency_aware_method(resnet20):
     with pytest.raises(BudgetError, match="does not take latency_ms"):
-        allocate("global", setup[1], Budget(kind="latency_ms", value=1.0))
+        allocate("global", resnet20[1], Budget(kind="latency_ms", value=1.0))
 
 
 def toy(budget: float, scores: dict[str, list[float]], blocks: int = 1) -> AllocationProblem:
