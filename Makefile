@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo service-demo test bench lint clean postgres
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,11 +14,28 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/autoprune demo --out demo-out
 
-test: $(STAMP)
+# The same default job through the HTTP service: starts the API and a worker, submits over HTTP,
+# polls with progress, downloads and checks the artifacts, prints the report, stops both.
+service-demo: $(STAMP)
+	$(VENV)/bin/python -m api.demo
+
+test: $(STAMP) postgres
 	$(VENV)/bin/python -m pytest -q --durations=10
 
+# PostgreSQL server binaries for tests/api (each test starts a throwaway cluster on loopback).
+# Idempotent; needs root and apt-get, otherwise those tests are skipped with a message.
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing PostgreSQL (apt-get) for the job-store tests"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
+	else echo "PostgreSQL binaries not found and not root: the PostgreSQL tests will be skipped"; fi
+
 bench: $(STAMP)
+	$(VENV)/bin/pip install --quiet -e '.[bench]'
 	$(VENV)/bin/python bench/resnet20_cifar10.py
+	$(VENV)/bin/python bench/methods_cifar10.py
 
 lint: $(STAMP)
 	$(VENV)/bin/pip install --quiet ruff==0.14.0

@@ -107,7 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--train-epochs", type=int, default=12, help="baseline training epochs (default 12)")
     demo.add_argument("--finetune-epochs", type=int, default=4, help="fine-tuning epochs (default 4)")
     demo.set_defaults(func=cmd_demo)
+    _service_commands(sub)
     return parser
+
+
+def _service_commands(sub: Any) -> None:
+    """serve | worker | token | submit: the job service; api.cli imports its dependencies only when run."""
+    from api.cli import add_commands
+
+    add_commands(sub)
 
 
 class StageBars:

@@ -1,0 +1,115 @@
+"""Files under the data dir: staged uploads, job inputs, and per-attempt outputs.
+
+Layout: ``uploads/*.partial`` (bodies being received), ``jobs/<id>/inputs/`` (accepted
+uploads, server-named), ``jobs/<id>/<attempt-tag>.tmp/`` (what a running attempt writes) and
+``jobs/<id>/<attempt-tag>/`` (published: fsynced, then renamed in one step). A retry gets a new
+tag, so it never overwrites another attempt's files; downloads resolve only the paths that the
+store recorded when the attempt's fenced completion succeeded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from pathlib import Path
+
+from api.jobs.model import Artifact
+from api.uploads import UploadedFile
+
+INPUT_NAMES = {"weights": "weights", "data": "data"}
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ArtifactStore:
+    """The local (or shared-volume) artifact directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.staging = self.root / "uploads"
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.root / "jobs" / job_id
+
+    def resolve(self, relative: str) -> Path:
+        """The absolute path of a recorded relative path; refuses anything outside the root."""
+        path = (self.root / relative).resolve()
+        if not path.is_relative_to(self.root):
+            raise ValueError(f"{relative!r} is outside the data dir")
+        return path
+
+    def adopt_inputs(self, job_id: str, files: dict[str, UploadedFile], suffixes: dict[str, str]) -> dict[str, dict[str, object]]:
+        """Move staged uploads into the job's inputs dir under server-chosen names."""
+        inputs_dir = self.job_dir(job_id) / "inputs"
+        inputs_dir.mkdir(parents=True, exist_ok=False)
+        out: dict[str, dict[str, object]] = {}
+        for name, upload in files.items():
+            target = inputs_dir / f"{INPUT_NAMES[name]}{suffixes[name]}"
+            os.replace(upload.path, target)
+            out[name] = {
+                "path": str(target.relative_to(self.root)), "size": upload.size,
+                "sha256": upload.sha256, "filename": upload.filename,
+            }  # fmt: skip
+        _fsync_dir(inputs_dir)
+        return out
+
+    def remove_job(self, job_id: str) -> None:
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+    def attempt_dir(self, job_id: str, tag: str) -> Path:
+        """A fresh directory for one attempt's outputs (``.tmp`` until published).
+
+        Leftover ``.tmp`` dirs of earlier attempts are removed: their workers lost the lease,
+        so their fenced completion would be refused anyway.
+        """
+        for stale in self.job_dir(job_id).glob("*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+        path = self.job_dir(job_id) / f"{tag}.tmp"
+        path.mkdir(parents=True)
+        return path
+
+    def publish(self, tmp: Path) -> tuple[Path, list[Artifact]]:
+        """fsync every output, rename ``X.tmp`` to ``X`` and describe the files."""
+        final = tmp.with_suffix("")
+        artifacts = []
+        for path in sorted(tmp.iterdir()):
+            if not path.is_file() or path.is_symlink() or path.name.startswith("."):
+                continue
+            with path.open("rb") as f:
+                os.fsync(f.fileno())
+            artifacts.append(Artifact(
+                name=path.name, path=str((final / path.name).relative_to(self.root)),
+                size=path.stat().st_size, sha256=sha256_of(path),
+            ))  # fmt: skip
+        _fsync_dir(tmp)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        return final, artifacts
+
+    def sweep_partials(self, older_than_s: float = 3600.0) -> int:
+        """Delete abandoned upload bodies (a crash mid-request leaves them behind)."""
+        if not self.staging.is_dir():
+            return 0
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for path in self.staging.glob("*.partial"):
+            if path.stat().st_mtime < cutoff:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed

@@ -1,0 +1,78 @@
+"""A small synchronous HTTP client of the job API (used by `autoprune submit` and the demo)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+class ApiClientError(RuntimeError):
+    """The API answered with an error body."""
+
+
+class Client:
+    def __init__(self, url: str, token: str, timeout: float = 300.0) -> None:
+        self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.http.close()
+
+    def _check(self, response: httpx.Response) -> Any:
+        if response.is_error:
+            try:
+                body = response.json()
+                message = f"{body['error']}: {body['detail']}"
+            except (ValueError, KeyError, TypeError):
+                message = response.text[:500]
+            raise ApiClientError(f"HTTP {response.status_code}: {message}")
+        return response.json()
+
+    def submit(self, fields: dict[str, str], files: dict[str, str]) -> dict[str, Any]:
+        """Always multipart (text fields as parts without a filename), even with no file."""
+        handles = {name: (Path(path).name, open(path, "rb")) for name, path in files.items()}
+        parts: list[tuple[str, Any]] = [(k, (None, v)) for k, v in fields.items()] + list(handles.items())
+        try:
+            return self._check(self.http.post("/jobs", files=parts))  # type: ignore[no-any-return]
+        finally:
+            for _, f in handles.values():
+                f.close()
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._check(self.http.get(f"/jobs/{job_id}"))  # type: ignore[no-any-return]
+
+    def wait(self, job_id: str, on_update: Callable[[dict[str, Any]], None] | None = None, poll_s: float = 1.0) -> dict[str, Any]:
+        while True:
+            job = self.job(job_id)
+            if on_update is not None:
+                on_update(job)
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                return job
+            time.sleep(poll_s)
+
+    def download_all(self, job_id: str, directory: str | Path) -> list[str]:
+        """Download every artifact, checking each file's SHA-256 against the listing."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        names = []
+        for artifact in self._check(self.http.get(f"/jobs/{job_id}/artifacts"))["data"]:
+            digest = hashlib.sha256()
+            with self.http.stream("GET", f"/jobs/{job_id}/artifacts/{artifact['name']}") as response:
+                if response.is_error:
+                    response.read()
+                    self._check(response)
+                with open(out / Path(artifact["name"]).name, "wb") as f:
+                    for chunk in response.iter_bytes():
+                        digest.update(chunk)
+                        f.write(chunk)
+            if digest.hexdigest() != artifact["sha256"]:
+                raise ApiClientError(f"{artifact['name']}: SHA-256 mismatch after download")
+            names.append(artifact["name"])
+        return names

@@ -1,0 +1,100 @@
+"""The Job value object, its status machine and how pipeline stages map to overall progress."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+
+class JobStatus(str, enum.Enum):
+    """``queued → running → succeeded | failed | cancelled``; ``running → queued`` on a retry."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def is_finished(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+# Share of the whole run each pipeline stage covers (measured on small CIFAR nets: fine-tuning
+# dominates real jobs). Stages not listed (e.g. latency_table) keep the progress where it is.
+STAGE_SPANS: dict[str, tuple[float, float]] = {
+    "intake": (0.0, 0.03),
+    "baseline": (0.03, 0.08),
+    "importance": (0.08, 0.18),
+    "allocation": (0.18, 0.25),
+    "surgery": (0.25, 0.3),
+    "finetune": (0.3, 0.85),
+    "export": (0.85, 0.99),
+    "done": (0.99, 1.0),
+}
+
+
+def overall_progress(stage: str, fraction: float, previous: float) -> float:
+    """Progress 0–1 of the whole job; never goes backwards within an attempt."""
+    span = STAGE_SPANS.get(stage)
+    if span is None:
+        return previous
+    start, end = span
+    fraction = min(max(fraction, 0.0), 1.0)
+    return max(previous, start + (end - start) * fraction)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Artifact:
+    """One published output file of a job."""
+
+    name: str
+    path: str  #: relative to the data dir
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Job:
+    """A snapshot of one job row; stores hand out copies, never live rows."""
+
+    id: str
+    owner: str
+    status: JobStatus
+    spec: dict[str, Any]  #: what the caller asked for (names, budget, finetune)
+    inputs: dict[str, Any]  #: uploaded files: {field: {path, size, sha256, filename}}
+    stage: str | None = None
+    progress: float = 0.0
+    error_code: str | None = None
+    error: str | None = None
+    result: dict[str, Any] | None = None
+    attempt: int = 0
+    max_attempts: int = 3
+    worker_id: str | None = None
+    lease_until: float | None = None
+    cancel_requested: bool = False
+    run_after: float = 0.0
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    artifacts: tuple[Artifact, ...] = field(default=())
+
+    @classmethod
+    def from_row(cls, row: Any, artifacts: tuple[Artifact, ...] = ()) -> Job:
+        names = {f.name for f in fields(cls)} - {"artifacts", "status"}
+        values = {name: getattr(row, name) for name in names}
+        return cls(status=JobStatus(row.status), artifacts=artifacts, **values)
+
+    def evolve(self, **changes: Any) -> Job:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewJob:
+    """What the API hands the store to queue a job."""
+
+    id: str
+    owner: str
+    spec: dict[str, Any]
+    inputs: dict[str, Any]
+    max_attempts: int

@@ -1,0 +1,208 @@
+"""JobStore on SQLAlchemy Core: SQLite (single host) or PostgreSQL (many hosts), one code path.
+
+A claim is one statement, ``UPDATE jobs … WHERE id = (SELECT id … LIMIT 1 FOR UPDATE SKIP
+LOCKED) RETURNING *``: PostgreSQL skips rows other workers are claiming; SQLite ignores the
+locking clause, but the statement runs inside ``BEGIN IMMEDIATE``, which serialises writers.
+Every transaction is short: no lock is held while a job runs; liveness is the lease.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy.sql.elements import ColumnElement
+
+from api.db.engine import db_now
+from api.db.tables import ArtifactRow, JobRow
+from api.jobs.model import Artifact, Job, JobStatus, NewJob
+from api.jobs.store import Lease
+
+jobs = JobRow.__table__
+artifacts_t = ArtifactRow.__table__
+
+
+class SqlJobStore:
+    """See :class:`api.jobs.store.JobStore` for the contract."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._writer = engine.execution_options(write=True)
+        self._now = db_now(engine)
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._writer.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    def _fenced(self, lease: Lease) -> list[ColumnElement[bool]]:
+        return [
+            jobs.c.id == lease.job_id,
+            jobs.c.attempt == lease.attempt,
+            jobs.c.worker_id == lease.worker_id,
+            jobs.c.status == JobStatus.RUNNING.value,
+        ]
+
+    def _job(self, conn: Connection, row: Any) -> Job:
+        found = conn.execute(select(artifacts_t).where(artifacts_t.c.job_id == row.id).order_by(artifacts_t.c.name))
+        arts = tuple(Artifact(name=a.name, path=a.path, size=a.size, sha256=a.sha256) for a in found)
+        return Job.from_row(row, arts)
+
+    # --- API side ---------------------------------------------------------------------------
+
+    def create(self, job: NewJob) -> Job:
+        with self._write() as conn:
+            row = conn.execute(
+                insert(jobs)
+                .values(
+                    id=job.id, owner=job.owner, status=JobStatus.QUEUED.value, spec=job.spec, inputs=job.inputs,
+                    progress=0.0, attempt=0, max_attempts=job.max_attempts, cancel_requested=False,
+                    run_after=self._now, created_at=self._now,
+                )
+                .returning(*jobs.c)
+            ).one()
+            return Job.from_row(row)
+
+    def get(self, job_id: str, owner: str | None = None) -> Job | None:
+        query = select(jobs).where(jobs.c.id == job_id)
+        if owner is not None:
+            query = query.where(jobs.c.owner == owner)
+        with self._read() as conn:
+            row = conn.execute(query).one_or_none()
+            return None if row is None else self._job(conn, row)
+
+    def list(self, owner: str, *, limit: int, offset: int) -> tuple[builtins.list[Job], int]:
+        query = (
+            select(jobs).where(jobs.c.owner == owner)
+            .order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit).offset(offset)
+        )  # fmt: skip
+        with self._read() as conn:
+            total = conn.execute(select(func.count()).select_from(jobs).where(jobs.c.owner == owner)).scalar_one()
+            return [self._job(conn, row) for row in conn.execute(query)], int(total)
+
+    def cancel(self, job_id: str, owner: str) -> Job | None:
+        """Queued → cancelled now; running → ``cancel_requested`` (its worker stops it)."""
+        mine = [jobs.c.id == job_id, jobs.c.owner == owner]
+        with self._write() as conn:
+            done = conn.execute(
+                update(jobs).where(*mine, jobs.c.status == JobStatus.QUEUED.value)
+                .values(status=JobStatus.CANCELLED.value, finished_at=self._now, error_code="cancelled",
+                        error="cancelled before it started")
+            ).rowcount  # fmt: skip
+            if not done:
+                conn.execute(
+                    update(jobs).where(*mine, jobs.c.status == JobStatus.RUNNING.value).values(cancel_requested=True)
+                )
+            row = conn.execute(select(jobs).where(*mine)).one_or_none()
+            return None if row is None else self._job(conn, row)
+
+    # --- worker side ------------------------------------------------------------------------
+
+    def claim(self, worker_id: str, lease_s: float) -> Job | None:
+        pick = (
+            select(jobs.c.id)
+            .where(jobs.c.status == JobStatus.QUEUED.value, jobs.c.run_after <= self._now,
+                   jobs.c.attempt < jobs.c.max_attempts)
+            .order_by(jobs.c.created_at, jobs.c.id).limit(1)
+            .with_for_update(skip_locked=True).scalar_subquery()
+        )  # fmt: skip
+        with self._write() as conn:
+            row = conn.execute(
+                update(jobs).where(jobs.c.id == pick, jobs.c.status == JobStatus.QUEUED.value)
+                .values(status=JobStatus.RUNNING.value, worker_id=worker_id, attempt=jobs.c.attempt + 1,
+                        lease_until=self._now + lease_s, started_at=func.coalesce(jobs.c.started_at, self._now),
+                        stage=None, progress=0.0)
+                .returning(*jobs.c)
+            ).one_or_none()  # fmt: skip
+            return None if row is None else Job.from_row(row)
+
+    def heartbeat(self, lease: Lease, lease_s: float) -> Job | None:
+        """Extend the lease; None means it is lost and the worker must stop at once."""
+        with self._write() as conn:
+            row = conn.execute(
+                update(jobs).where(*self._fenced(lease)).values(lease_until=self._now + lease_s).returning(*jobs.c)
+            ).one_or_none()
+            return None if row is None else Job.from_row(row)
+
+    def advance(self, lease: Lease, stage: str, progress: float) -> bool:
+        with self._write() as conn:
+            return bool(conn.execute(update(jobs).where(*self._fenced(lease)).values(stage=stage, progress=progress)).rowcount)
+
+    def complete(self, lease: Lease, result: dict[str, Any], artifacts: builtins.list[Artifact]) -> bool:
+        """Succeed and record the artifacts in one transaction, or change nothing."""
+        with self._write() as conn:
+            done = conn.execute(
+                update(jobs).where(*self._fenced(lease))
+                .values(status=JobStatus.SUCCEEDED.value, result=result, stage="done", progress=1.0,
+                        finished_at=self._now, lease_until=None, error_code=None, error=None)
+            ).rowcount  # fmt: skip
+            if done:
+                conn.execute(delete(artifacts_t).where(artifacts_t.c.job_id == lease.job_id))
+                if artifacts:
+                    conn.execute(insert(artifacts_t), [{"job_id": lease.job_id, **vars(a)} for a in artifacts])
+            return bool(done)
+
+    def finish(self, lease: Lease, status: JobStatus, code: str | None, error: str | None) -> bool:
+        with self._write() as conn:
+            return bool(conn.execute(
+                update(jobs).where(*self._fenced(lease))
+                .values(status=status.value, error_code=code, error=error, finished_at=self._now, lease_until=None)
+            ).rowcount)  # fmt: skip
+
+    def retry(self, lease: Lease, delay_s: float, code: str, error: str, *, count_attempt: bool = True) -> bool:
+        """Back to the queue; ``count_attempt=False`` (graceful shutdown) gives the attempt back."""
+        attempt = jobs.c.attempt if count_attempt else jobs.c.attempt - 1
+        with self._write() as conn:
+            return bool(conn.execute(
+                update(jobs).where(*self._fenced(lease))
+                .values(status=JobStatus.QUEUED.value, worker_id=None, lease_until=None, attempt=attempt,
+                        run_after=self._now + delay_s, error_code=code, error=error, stage=None, progress=0.0)
+            ).rowcount)  # fmt: skip
+
+    def requeue_expired(self) -> builtins.list[tuple[str, JobStatus]]:
+        """Running jobs whose lease ran out: cancelled if asked, failed at the cap, else queued."""
+        expired = [jobs.c.status == JobStatus.RUNNING.value, jobs.c.lease_until < self._now]
+        steps: builtins.list[tuple[builtins.list[ColumnElement[bool]], dict[str, Any]]] = [
+            ([jobs.c.cancel_requested.is_(True)],
+             {"status": JobStatus.CANCELLED.value, "error_code": "cancelled", "error": "cancelled while running"}),
+            ([jobs.c.attempt >= jobs.c.max_attempts],
+             {"status": JobStatus.FAILED.value, "error_code": "lease_expired",
+              "error": "the worker stopped heart-beating on the last allowed attempt"}),
+            ([], {"status": JobStatus.QUEUED.value, "error_code": "lease_expired",
+                  "error": "the worker stopped heart-beating; retrying", "run_after": self._now}),
+        ]  # fmt: skip
+        out: builtins.list[tuple[str, JobStatus]] = []
+        with self._write() as conn:
+            for extra, values in steps:
+                finished = {"finished_at": self._now} if values["status"] != JobStatus.QUEUED.value else {}
+                rows = conn.execute(
+                    update(jobs).where(*expired, *extra)
+                    .values(worker_id=None, lease_until=None, **values, **finished).returning(jobs.c.id)
+                )  # fmt: skip
+                out.extend((row.id, JobStatus(values["status"])) for row in rows)
+        return out
+
+    # --- metrics ----------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        with self._read() as conn:
+            rows = conn.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status))
+            return {status: int(n) for status, n in rows}
+
+    def durations(self) -> builtins.list[float]:
+        """Run seconds of the last 1000 succeeded jobs."""
+        query = (
+            select(jobs.c.finished_at - jobs.c.started_at)
+            .where(jobs.c.status == JobStatus.SUCCEEDED.value, jobs.c.started_at.is_not(None))
+            .order_by(jobs.c.finished_at.desc()).limit(1000)
+        )  # fmt: skip
+        with self._read() as conn:
+            return [float(d) for (d,) in conn.execute(query)]

@@ -1,0 +1,73 @@
+"""POST/GET/DELETE /jobs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from api.deps import JobDep, OwnerDep, ServiceDep, StateDep, SubmitterDep
+from api.schemas import ErrorBody, JobPublic, JobsPublic
+from api.uploads import read_form
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 422, 429)}
+
+_JSON_FIELD = {"type": "string", "description": "JSON"}
+SUBMIT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object",
+            "required": ["arch", "budget"],
+            "properties": {
+                "arch": {"type": "string", "description": "architecture name", "example": "resnet20"},
+                "weights": {"type": "string", "format": "binary", "description": ".safetensors or weights-only .pt/.pth"},
+                "dataset": {"type": "string", "description": "built-in dataset name", "example": "digits"},
+                "data": {"type": "string", "format": "binary", "description": ".zip/.tar/.tar.gz of an npz dir or image folder"},
+                "budget": {**_JSON_FIELD, "example": '{"flops": 0.5}'},
+                "method": {"type": "string", "example": "global"},
+                "criterion": {"type": "string", "example": "taylor"},
+                "finetune": {**_JSON_FIELD, "example": '{"epochs": 1, "max_steps_per_epoch": 4}'},
+            },
+        }}},
+    }
+}  # fmt: skip
+
+
+@router.post(
+    "", status_code=201, response_model=JobPublic, openapi_extra=SUBMIT_BODY,
+    responses={**ERRORS, **{code: {"model": ErrorBody} for code in (400, 413, 415, 503)}},
+)  # fmt: skip
+async def submit_job(request: Request, owner: SubmitterDep, state: StateDep) -> JobPublic:
+    """Queue a pruning job: multipart fields, validated (model built, weights loaded) before queueing."""
+    s = state.settings
+    form = await read_form(
+        request, state.service.artifacts.staging,
+        max_bytes=s.max_upload_bytes, max_field_bytes=s.max_field_bytes, max_fields=s.max_fields,
+    )  # fmt: skip
+    return JobPublic.of(await state.service.submit(owner, form))
+
+
+@router.get("", response_model=JobsPublic, responses=ERRORS)
+def list_jobs(
+    owner: OwnerDep,
+    service: ServiceDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> JobsPublic:
+    """The caller's jobs, newest first."""
+    jobs, total = service.list(owner, limit, offset)
+    return JobsPublic(data=[JobPublic.of(job) for job in jobs], count=total)
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses=ERRORS)
+def get_job(job: JobDep) -> JobPublic:
+    """Status, stage, progress, ETA, error and (when succeeded) the report."""
+    return JobPublic.of(job)
+
+
+@router.delete("/{job_id}", response_model=JobPublic, responses={**ERRORS, 409: {"model": ErrorBody}})
+def cancel_job(job: JobDep, owner: OwnerDep, service: ServiceDep) -> JobPublic:
+    """Cancel: a queued job at once; a running one is stopped by its worker (cancel_requested)."""
+    return JobPublic.of(service.cancel(owner, job.id))

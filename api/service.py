@@ -1,0 +1,143 @@
+"""What the routes do, without HTTP: submit (parse, check, store), read, cancel, download.
+
+Submission order: stream the body to staging files → parse the text fields (torch-free, fast
+422s) → check file formats by name (415) → move the files into the job's inputs dir → the
+validator subprocess builds the model and loads weights and data (422) → insert the job row →
+201. A job row therefore never points at a missing or unchecked input.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from api.artifacts import ArtifactStore
+from api.errors import ApiError
+from api.jobs import Job, JobStatus, JobStore, NewJob
+from api.jobspec import to_jobspec
+from api.settings import Settings
+from api.uploads import Form
+from api.validator import Validator
+
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+REFUSED_WEIGHTS = (".pt2", ".ts", ".jit", ".pkl", ".pickle", ".onnx", ".joblib", ".npy")
+ARCHIVE_SUFFIXES = {".zip": ".zip", ".tar": ".tar", ".tar.gz": ".tar.gz", ".tgz": ".tar.gz"}  # as autoprune.data reads
+DEFAULT_METHOD = "global"
+
+
+@dataclass
+class JobService:
+    settings: Settings
+    store: JobStore
+    artifacts: ArtifactStore
+    validator: Validator
+
+    def _spec(self, form: Form) -> dict[str, Any]:
+        fields = form.fields
+        if "arch" not in fields or not fields["arch"].strip():
+            raise ApiError(422, "missing_field", "'arch' (an architecture name such as resnet20) is required")
+        if "budget" not in fields:
+            raise ApiError(422, "missing_field", "'budget' (JSON such as {\"flops\": 0.5}) is required")
+        has_dataset, has_data = "dataset" in fields, "data" in form.files
+        if has_dataset == has_data:
+            raise ApiError(422, "missing_field", "give exactly one of 'dataset' (a name: digits) or 'data' (an archive file)")
+        if has_dataset and fields["dataset"] != "digits":
+            raise ApiError(422, "unknown_name", f"unknown dataset {fields['dataset']!r}; built in: digits (or upload 'data')")
+        spec: dict[str, Any] = {
+            "arch": fields["arch"].strip(),
+            "dataset": fields.get("dataset"),
+            "budget": _json(fields, "budget"),
+            "method": fields.get("method", DEFAULT_METHOD).strip() or DEFAULT_METHOD,
+            "criterion": (fields.get("criterion") or "").strip() or None,
+            "finetune": _json(fields, "finetune") if "finetune" in fields else {},
+        }
+        if not isinstance(spec["finetune"], dict):
+            raise ApiError(422, "invalid_spec", "'finetune' must be a JSON object such as {\"epochs\": 5}")
+        s = self.settings  # raises BudgetError / SpecError (422) for malformed values
+        to_jobspec(spec, data="digits", weights=None, out_dir="-", latency_repeats=s.latency_repeats,
+                   calibration_batches=s.calibration_batches)  # fmt: skip
+        return spec
+
+    def _suffixes(self, form: Form) -> dict[str, str]:
+        out = {}
+        if "weights" in form.files:
+            name = form.files["weights"].filename.lower()
+            suffix = Path(name).suffix
+            if suffix in REFUSED_WEIGHTS:
+                raise ApiError(415, "unsafe_format", f"{name}: {suffix} files can carry code and are refused; "
+                               "upload .safetensors or a weights-only state dict (.pt/.pth)")  # fmt: skip
+            if suffix not in WEIGHT_SUFFIXES:
+                raise ApiError(415, "unsupported_format", f"{name}: weights must be one of {', '.join(WEIGHT_SUFFIXES)}")
+            out["weights"] = suffix
+        if "data" in form.files:
+            name = form.files["data"].filename.lower()
+            kind = next((k for k in ARCHIVE_SUFFIXES if name.endswith(k)), None)
+            if kind is None:
+                raise ApiError(415, "unsupported_format", f"{name}: data must be a .zip, .tar, .tar.gz or .tgz archive "
+                               "of an npz dir (*train*.npz, *test*.npz) or an image folder")  # fmt: skip
+            out["data"] = ARCHIVE_SUFFIXES[kind]
+        return out
+
+    async def submit(self, owner: str, form: Form) -> Job:
+        job_id = uuid.uuid4().hex
+        try:
+            spec = self._spec(form)
+            suffixes = self._suffixes(form)
+            inputs = self.artifacts.adopt_inputs(job_id, form.files, suffixes)
+        except BaseException:
+            form.discard()
+            raise
+        try:
+            paths = {k: str(self.artifacts.resolve(v["path"])) for k, v in inputs.items()}  # type: ignore[arg-type]
+            s = self.settings
+            request = {
+                "spec": spec, "data": paths.get("data", "digits"), "weights": paths.get("weights"),
+                "limits": {"max_archive_members": s.max_archive_members, "max_archive_bytes": s.max_archive_bytes,
+                           "max_upload_bytes": s.max_upload_bytes, "max_tensor_elements": s.max_tensor_elements},
+            }  # fmt: skip
+            spec["intake"] = await run_in_threadpool(self.validator.check, request)
+            return self.store.create(NewJob(id=job_id, owner=owner, spec=spec, inputs=inputs, max_attempts=s.max_attempts))
+        except BaseException:
+            self.artifacts.remove_job(job_id)
+            raise
+
+    def get(self, owner: str, job_id: str) -> Job:
+        job = self.store.get(job_id, owner) if _is_id(job_id) else None
+        if job is None:
+            raise ApiError(404, "not_found", f"no job {job_id!r}")
+        return job
+
+    def list(self, owner: str, limit: int, offset: int) -> tuple[list[Job], int]:
+        return self.store.list(owner, limit=limit, offset=offset)
+
+    def cancel(self, owner: str, job_id: str) -> Job:
+        self.get(owner, job_id)
+        job = self.store.cancel(job_id, owner)
+        if job is None:
+            raise ApiError(404, "not_found", f"no job {job_id!r}")
+        if job.status not in (JobStatus.CANCELLED, JobStatus.RUNNING):
+            raise ApiError(409, "already_finished", f"job {job_id} already {job.status.value}")
+        return job
+
+    def artifact_path(self, owner: str, job_id: str, name: str) -> tuple[Path, int, str]:
+        job = self.get(owner, job_id)
+        for artifact in job.artifacts:
+            if artifact.name == name:
+                return self.artifacts.resolve(artifact.path), artifact.size, artifact.sha256
+        raise ApiError(404, "not_found", f"job {job_id} has no artifact {name!r}")
+
+
+def _json(fields: dict[str, str], name: str) -> Any:
+    try:
+        return json.loads(fields[name])
+    except json.JSONDecodeError as exc:
+        raise ApiError(422, "bad_json", f"{name!r} is not valid JSON: {exc}") from None
+
+
+def _is_id(job_id: str) -> bool:
+    return len(job_id) == 32 and all(c in "0123456789abcdef" for c in job_id)

@@ -1,0 +1,104 @@
+"""Crash safety with real processes: kill -9, a frozen (stale) worker, a poison job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import service_harness
+from service_harness import stop_process, submit, wait_for
+
+service = service_harness.service  # fixture
+
+
+def children(pid: int) -> list[int]:
+    """PIDs whose parent is ``pid`` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def published(service, job_id: str) -> list[str]:
+    return sorted(p.name for p in (service.data_dir / "jobs" / job_id).glob("attempt-*"))
+
+
+@pytest.fixture
+def client(service):
+    service.cancel_all_queued()
+    return service.client(service.token("crash"))
+
+
+def wait_running(service, job_id: str, stages: tuple[str, ...]) -> None:
+    wait_for(lambda: (j := service.job(job_id)).status.value == "running" and j.stage in stages, 120, f"stage in {stages}", 0.1)
+
+
+def test_kill9_worker_mid_job_then_another_finishes_it_once(service, client):
+    job_id = submit(client).json()["id"]
+    first = service.start_worker()
+    wait_running(service, job_id, ("importance", "allocation", "surgery", "finetune", "export"))
+    kids = children(first.pid)  # the job's child (own process group) and multiprocessing's tracker
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(10)
+    wait_for(lambda: not any(alive(pid) for pid in kids), 10, "the orphaned job process to die (PDEATHSIG)")
+    assert service.job(job_id).status.value == "running"  # nobody knows yet: the lease has to expire
+
+    second = service.start_worker()
+    try:
+        job = service.wait_status(job_id, {"succeeded", "failed"}, 150)
+    finally:
+        stop_process(second)
+    assert job.status.value == "succeeded", job.error
+    assert job.attempt == 2
+    assert len(published(service, job_id)) == 1 and published(service, job_id)[0].startswith("attempt-2-")
+    assert not list((service.data_dir / "jobs" / job_id).glob("*.tmp"))
+    assert {a.name for a in job.artifacts} >= {"report.json", "model.safetensors"}
+
+
+def test_a_frozen_worker_past_its_lease_is_fenced_out(service, client):
+    job_id = submit(client).json()["id"]
+    frozen = service.start_worker()
+    wait_running(service, job_id, ("intake", "baseline", "importance"))
+    os.killpg(frozen.pid, signal.SIGSTOP)  # the worker freezes; its child (own group) runs on, unsupervised
+    try:
+        rescuer = service.start_worker()
+        wait_for(lambda: service.job(job_id).attempt == 2, 60, "a second attempt to be claimed", 0.1)
+    finally:
+        os.killpg(frozen.pid, signal.SIGCONT)
+    try:
+        job = service.wait_status(job_id, {"succeeded", "failed"}, 150)
+    finally:
+        stop_process(rescuer)
+        stop_process(frozen)
+    assert job.status.value == "succeeded" and job.attempt == 2
+    assert len(published(service, job_id)) == 1 and published(service, job_id)[0].startswith("attempt-2-")
+    assert all("/attempt-2-" in a.path for a in job.artifacts)
+
+
+def test_a_poison_job_stops_after_max_attempts(service, client):
+    job_id = submit(client).json()["id"]
+    worker = service.start_worker(AUTOPRUNE_FAILPOINT="child_start")
+    try:
+        job = service.wait_status(job_id, {"succeeded", "failed"}, 60)
+    finally:
+        stop_process(worker)
+    assert job.status.value == "failed" and job.error_code == "oom_or_signal" and "SIGKILL" in job.error
+    assert job.attempt == job.max_attempts == 3
+    time.sleep(0.5)
+    assert service.job(job_id).attempt == 3
