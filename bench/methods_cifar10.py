@@ -161,7 +161,9 @@ def planned_runs(args: argparse.Namespace, latency_target_ms: float) -> list[Run
         budget = Budget.parse(text)
         runs += [Run(m, c, budget, str(budget)) for m, c in parse_methods(args.methods)]
     if args.latency_fraction > 0:
-        budget = Budget(kind="latency_ms", value=latency_target_ms, runtime="onnxruntime", batch_size=1)
+        budget = Budget(
+            kind="latency_ms", value=latency_target_ms, runtime=args.latency_runtime, batch_size=args.latency_batch
+        )
         runs.append(Run(*LATENCY_METHOD, budget, f"latency={args.latency_fraction:g}x"))
     return runs
 
@@ -523,12 +525,17 @@ def latency_fraction(row: Mapping[str, Any]) -> float:
     return float(row["label"].removeprefix("latency=").removesuffix("x"))
 
 
-def relative_latency(row: Mapping[str, Any], base: Mapping[str, Any]) -> float:
-    """onnxruntime batch-1 latency ÷ the unpruned model's, both timed in the same session.
+def latency_setting(halp: Mapping[str, Any]) -> tuple[str, int]:
+    """(runtime, batch size) of the latency-budget run."""
+    return halp["budget"].get("runtime", "onnxruntime"), int(halp["budget"].get("batch_size", 1))
+
+
+def relative_latency(row: Mapping[str, Any], base: Mapping[str, Any], setting: tuple[str, int]) -> float:
+    """Latency in the budget's runtime and batch ÷ the unpruned model's, both timed in the same session.
 
     Load-independent, unlike the absolute target the run was given (timed when it started).
     """
-    return ms(row["latency_ms"], "onnxruntime", 1) / ms(base["latency_ms"], "onnxruntime", 1)
+    return ms(row["latency_ms"], *setting) / ms(base["latency_ms"], *setting)
 
 
 def latency_table(rows: list[dict[str, Any]], base: Mapping[str, Any]) -> list[str]:
@@ -536,19 +543,20 @@ def latency_table(rows: list[dict[str, Any]], base: Mapping[str, Any]) -> list[s
     if halp is None:
         return ["No latency-budget run finished."]
     fraction, target = latency_fraction(halp), halp["budget"]["latency_ms"]
+    setting = latency_setting(halp)
     lines = [
-        f"HALP's budget: {fraction:g} × the unpruned model's onnxruntime batch-1 latency. The run targeted "
+        f"HALP's budget: {fraction:g} × the unpruned model's {setting[0]} batch-{setting[1]} latency. The run targeted "
         f"{target:.3f} ms (the unpruned model timed {target / fraction:.3f} ms when it started). Below, every "
-        f"latency, the unpruned model's included ({ms(base['latency_ms'], 'onnxruntime', 1):.3f} ms), was timed in "
+        f"latency, the unpruned model's included ({ms(base['latency_ms'], *setting):.3f} ms), was timed in "
         f"the same session, and a run meets the budget when its latency ÷ the unpruned latency is ≤ {fraction:g}.",
         "",
-        "| method | budget | onnxruntime ms b=1 | ÷ unpruned | meets | top-1 after | MACs (M) | MACs ratio |",
+        f"| method | budget | {setting[0]} ms b={setting[1]} | ÷ unpruned | meets | top-1 after | MACs (M) | MACs ratio |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in compared:
-        ratio = relative_latency(r, base)
+        ratio = relative_latency(r, base, setting)
         lines.append(
-            f"| {r['name']} | {r['label']} | {ms(r['latency_ms'], 'onnxruntime', 1):.3f} | {ratio:.3f} "
+            f"| {r['name']} | {r['label']} | {ms(r['latency_ms'], *setting):.3f} | {ratio:.3f} "
             f"| {'yes' if ratio <= fraction else 'no'} | {100 * r['accuracy_after']:.2f} "
             f"| {r['macs_after'] / 1e6:.2f} | {r['flops_ratio']:.3f} |"
         )
@@ -611,14 +619,15 @@ def latency_claim(rows: list[dict[str, Any]], base: Mapping[str, Any]) -> list[s
     if halp is None:
         return ["- no latency-budget run finished"]
     fraction = latency_fraction(halp)
+    setting = latency_setting(halp)
     lines = [
-        f"- {r['name']} ({r['label']}): {relative_latency(r, base):.3f} × the unpruned latency vs budget {fraction:g}: "
-        f"{'meets' if relative_latency(r, base) <= fraction else 'misses'}, top-1 {100 * r['accuracy_after']:.2f}"
+        f"- {r['name']} ({r['label']}): {relative_latency(r, base, setting):.3f} × the unpruned latency vs budget "
+        f"{fraction:g}: {'meets' if relative_latency(r, base, setting) <= fraction else 'misses'}, top-1 {100 * r['accuracy_after']:.2f}"
         for r in compared
     ]
-    meet = sum(relative_latency(r, base) <= fraction for r in compared[1:])
+    meet = sum(relative_latency(r, base, setting) <= fraction for r in compared[1:])
     lines.append(
-        f"- **HALP with the latency budget {'meets' if relative_latency(halp, base) <= fraction else 'misses'} it; "
+        f"- **HALP with the latency budget {'meets' if relative_latency(halp, base, setting) <= fraction else 'misses'} it; "
         f"{meet} of {len(compared) - 1} {LATENCY_COMPARED} runs meet it**"
     )
     return lines
@@ -705,8 +714,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--latency-fraction",
         type=float,
         default=0.5,
-        help="HALP's latency budget as a fraction of the baseline's onnxruntime b=1 latency; 0 skips it",
+        help="HALP's latency budget as a fraction of the baseline's latency (--latency-runtime, --latency-batch); 0 skips it",
     )
+    parser.add_argument("--latency-runtime", choices=["torch", "onnxruntime"], default="onnxruntime")
+    parser.add_argument("--latency-batch", type=int, choices=[1, 64], default=1)
     parser.add_argument("--finetune-epochs", type=int, default=3)
     parser.add_argument(
         "--seed", type=int, default=0, help="pruning and fine-tune seed (the baseline is always seed 0)"
@@ -743,7 +754,7 @@ def main(argv: list[str] | None = None) -> int:
         "params": cost.params,
         "latency_ms": base_latency,
     }
-    runs = planned_runs(args, args.latency_fraction * base_latency["onnxruntime"]["1"])
+    runs = planned_runs(args, args.latency_fraction * base_latency[args.latency_runtime][str(args.latency_batch)])
     rows = []
     for run in runs:
         out = run.directory(settings, args.seed)
