@@ -29,7 +29,7 @@ from autoprune.finetune import evaluate, finetune
 from autoprune.graph import build_graph
 from autoprune.importance import get_criterion
 from autoprune.importance.kfac import KFAC, saliencies
-from autoprune.measure import count_cost, onnx_latency_ms, torch_latency_ms
+from autoprune.measure import CostReport, count_cost, onnx_latency_ms, torch_latency_ms
 from autoprune.measure.latency_table import LatencyTable
 from autoprune.models import create_model, load_weights
 from autoprune.surgery import PruningPlan, apply_plan, make_plan
@@ -325,7 +325,7 @@ def run(
         "loss_before": eval_before.loss,
         "loss_after": eval_after.loss,
         "onnx_max_abs_diff": onnx_diff,
-        "layers": _layer_table(before, after),
+        "layers": layer_table(before, after),
         "allocation": diagnostics,
         "finetune": {"config": spec.finetune.to_dict(), "history": history},
         "timings": {stage: round(s, 3) for stage, s in timer.seconds.items()},
@@ -343,7 +343,8 @@ def _split_epochs(epochs: int, steps: int) -> list[int]:
     return [base] * (steps - 1) + [epochs - base * (steps - 1)]
 
 
-def _layer_table(before: Any, after: Any) -> list[dict[str, Any]]:
+def layer_table(before: CostReport, after: CostReport) -> list[dict[str, Any]]:
+    """Per-layer widths and MACs before and after, for the report."""
     pruned = {layer.name: layer for layer in after.layers}
     return [
         {

@@ -49,7 +49,7 @@ from autoprune.errors import SurgeryError
 from autoprune.export import ModelSpec, export_onnx, load_pruned, read_spec, save_weights, write_json
 from autoprune.finetune import evaluate, finetune
 from autoprune.graph import build_graph
-from autoprune.measure import CostReport, count_cost, onnx_latency_ms, torch_latency_ms
+from autoprune.measure import count_cost, onnx_latency_ms, torch_latency_ms
 from autoprune.models import create_model, load_weights
 from autoprune.surgery import PruningPlan, apply_plan
 from autoprune.types import Budget, FinetuneConfig, JobSpec
@@ -332,25 +332,6 @@ def plan_of(model: nn.Module, example: torch.Tensor, cut: TPCut) -> PruningPlan:
     return plan
 
 
-def layer_table(before: CostReport, after: CostReport) -> list[dict[str, Any]]:
-    """Per-layer widths and MACs before and after, as the pipeline's report has them."""
-    pruned = {layer.name: layer for layer in after.layers}
-    return [
-        {
-            "name": layer.name,
-            "kind": layer.kind,
-            "channels_before": layer.out_channels,
-            "channels_after": pruned[layer.name].out_channels,
-            "in_channels_before": layer.in_channels,
-            "in_channels_after": pruned[layer.name].in_channels,
-            "macs_before": layer.macs,
-            "macs_after": pruned[layer.name].macs,
-        }
-        for layer in before.layers
-        if layer.name in pruned
-    ]
-
-
 def tp_run(run: Run, settings: Settings, weights: Path, data: ImageData, seed: int, out: Path) -> dict[str, Any]:
     """Torch-Pruning's global pruner, then the pipeline's fine-tune, evaluation and export."""
     if run.budget.kind != "flops":
@@ -405,7 +386,7 @@ def tp_run(run: Run, settings: Settings, weights: Path, data: ImageData, seed: i
         "loss_before": eval_before.loss,
         "loss_after": eval_after.loss,
         "onnx_max_abs_diff": onnx_diff,
-        "layers": layer_table(before, after),
+        "layers": pipeline.layer_table(before, after),
         "allocation": [
             {
                 "criterion": run.criterion,
