@@ -15,6 +15,7 @@ import stat
 import tarfile
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
@@ -217,14 +218,26 @@ def _extract_zip(archive: Path, writer: _Writer) -> None:
         for info in infos:
             writer.count_member(info.filename)
             _check_zip_member(info)
-            target = writer.target(info.filename)
-            if target is None:
-                continue
-            if info.is_dir():
-                writer.make_dirs(target, info.filename)
-                continue
-            with zf.open(info) as source:
-                writer.write_file(info.filename, target, source)
+            _extract_member(writer, info.filename, info.is_dir(), lambda info=info: zf.open(info))
+
+
+def _extract_member(writer: _Writer, name: str, is_dir: bool, open_source: Callable[[], IO[bytes]]) -> None:
+    """Create an allowed directory, or stream an allowed file's bytes through the writer's quotas."""
+    target = writer.target(name)
+    if target is None:
+        return
+    if is_dir:
+        writer.make_dirs(target, name)
+        return
+    with open_source() as source:
+        writer.write_file(name, target, source)
+
+
+def _tar_stream(tf: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
+    source = tf.extractfile(member)
+    if source is None:
+        raise DataError(f"tar member {member.name!r} has no data stream")
+    return source
 
 
 def _check_zip_member(info: zipfile.ZipInfo) -> None:
@@ -250,16 +263,7 @@ def _extract_tar(archive: Path, writer: _Writer, *, compressed: bool) -> None:
             for member in tf:
                 writer.count_member(member.name)
                 _check_tar_member(member)
-                target = writer.target(member.name)
-                if target is None:
-                    continue
-                if member.isdir():
-                    writer.make_dirs(target, member.name)
-                    continue
-                source = tf.extractfile(member)
-                if source is None:
-                    raise DataError(f"tar member {member.name!r} has no data stream")
-                writer.write_file(member.name, target, source)
+                _extract_member(writer, member.name, member.isdir(), lambda member=member: _tar_stream(tf, member))
 
 
 def _check_tar_member(member: tarfile.TarInfo) -> None:
