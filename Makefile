@@ -33,7 +33,6 @@ postgres:
 	else echo "PostgreSQL binaries not found and not root: the PostgreSQL tests will be skipped"; fi
 
 bench: $(STAMP)
-	$(VENV)/bin/pip install --quiet -e '.[bench]'
 	$(VENV)/bin/python bench/resnet20_cifar10.py
 	$(VENV)/bin/python bench/methods_cifar10.py
 
