@@ -2,7 +2,8 @@
 
 Layout: ``uploads/*.partial`` (bodies being received), ``jobs/<id>/inputs/`` (accepted
 uploads, server-named), ``jobs/<id>/<attempt-tag>.tmp/`` (what a running attempt writes) and
-``jobs/<id>/<attempt-tag>/`` (published: fsynced, then renamed in one step). A retry gets a new
+``jobs/<id>/<attempt-tag>/`` (published: fsynced, then renamed in one step), and
+``jobs/<id>/checkpoint/`` (resumable state shared by the attempts). A retry gets a new
 tag, so it never overwrites another attempt's files; downloads resolve only the paths that the
 store recorded when the attempt's fenced completion succeeded.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 from api.jobs.model import Artifact
 from api.uploads import UploadedFile
 
-INPUT_NAMES = {"weights": "weights", "data": "data"}
+INPUT_NAMES = {"weights": "weights", "data": "data", "onnx": "model"}
 
 
 def _fsync_dir(path: Path) -> None:
@@ -71,6 +72,14 @@ class ArtifactStore:
 
     def remove_job(self, job_id: str) -> None:
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+    def checkpoint_dir(self, job_id: str) -> Path:
+        """Where the job's attempts keep their resumable state; it outlives each attempt."""
+        return self.job_dir(job_id) / "checkpoint"
+
+    def drop_checkpoint(self, job_id: str) -> None:
+        """Once the job has its final status, nothing will resume from its checkpoint."""
+        shutil.rmtree(self.checkpoint_dir(job_id), ignore_errors=True)
 
     def attempt_dir(self, job_id: str, tag: str) -> Path:
         """A fresh directory for one attempt's outputs (``.tmp`` until published).

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -21,11 +22,12 @@ import torch_pruning
 from torch import nn
 
 from autoprune.allocate import ProblemInputs, allocate, check_method
+from autoprune.checkpoint import CheckpointDir, RunState
 from autoprune.compensate import compensated_cut
 from autoprune.data import ImageData, iterate_batches, load_data
 from autoprune.errors import BudgetError, CancelledError, SurgeryError
 from autoprune.export import ModelSpec, export_onnx, export_pt2, save_weights, write_json
-from autoprune.finetune import evaluate, finetune
+from autoprune.finetune import TrainingState, evaluate, finetune
 from autoprune.graph import build_graph
 from autoprune.importance import get_criterion
 from autoprune.importance.kfac import KFAC, saliencies
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, float, dict[str, Any]], None]
 STAGES = ("intake", "baseline", "importance", "allocation", "surgery", "finetune", "export")
 
+ONNX_PREFIX, ONNX_SOURCE = "onnx:", "source.onnx"
 DEFAULT_CRITERION = {"uniform": "l1", "global": "taylor", "nap": "kfac", "itpruner": "l1", "evolution": "l1", "halp": "taylor"}
 
 
@@ -215,12 +218,19 @@ def run(
     *,
     progress: Progress = _quiet,
     should_stop: Callable[[], bool] | None = None,
+    checkpoint_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Prune, fine-tune and export one model; writes ``spec.out_dir`` and returns the report."""
+    """Prune, fine-tune and export one model; writes ``spec.out_dir`` and returns the report.
+
+    With ``checkpoint_dir``, the state after each cut and each fine-tune epoch is saved there,
+    and a run that finds a checkpoint of the same spec resumes from it instead of starting over.
+    """
     validate(spec)
     out = Path(spec.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     timer = Timer()
+    checkpoints = CheckpointDir(checkpoint_dir, spec) if checkpoint_dir is not None else None
+    state = checkpoints.load() if checkpoints is not None else None
 
     def check_cancel() -> None:
         if should_stop is not None and should_stop():
@@ -237,29 +247,56 @@ def run(
         eval_before = evaluate(model, data)
         progress("baseline", 1.0, {"accuracy": eval_before.accuracy, "macs": before.macs})
     teacher = copy.deepcopy(model).eval()
-    reference: dict[str, float] = {"flops": before.macs, "params": before.params}
-    if spec.budget.kind == "latency_ms":
-        reference["latency_ms"] = model_latency_ms(model, data.input_shape, spec.budget, spec.latency_repeats)
+    resumed = None
+    if state is None:
+        state = RunState(reference={"flops": before.macs, "params": before.params})
+        if spec.budget.kind == "latency_ms":
+            state.reference["latency_ms"] = model_latency_ms(model, data.input_shape, spec.budget, spec.latency_repeats)
+    else:
+        model = ModelSpec.for_data(spec.arch, data, [PruningPlan.from_dict(p) for p in state.plans]).build()
+        model.load_state_dict(state.weights)
+        resumed = {"cuts_done": len(state.plans), "epochs_done": state.epochs_done}
+        progress("resume", 1.0, resumed)
+        log.info("resuming from a checkpoint: %s", resumed)
+    for stage, seconds in state.timings.items():
+        timer.seconds[stage] = timer.seconds.get(stage, 0.0) + seconds
+
+    def save(training: TrainingState | None = None) -> None:
+        if checkpoints is not None:
+            state.weights, state.training, state.timings = model.state_dict(), training, dict(timer.seconds)
+            checkpoints.save(state)
 
     steps = spec.iterative_steps if spec.schedule == "iterative" else 1
     step_epochs = _split_epochs(spec.finetune.epochs, steps)
-    plans: list[PruningPlan] = []
-    diagnostics: list[dict[str, Any]] = []
-    history: list[dict[str, Any]] = []
-    eval_pruned = None
-    for step, (target, epochs) in enumerate(zip(step_targets(spec.budget, steps, reference.get("latency_ms", 0.0)), step_epochs, strict=True)):
+    targets = step_targets(spec.budget, steps, state.reference.get("latency_ms", 0.0))
+    for step, (target, epochs) in enumerate(zip(targets, step_epochs, strict=True)):
         check_cancel()
-        model, plan, diag = prune_once(model, data, spec, target, reference, timer, progress)
-        plans.append(plan)
-        diagnostics.append(diag)
-        if eval_pruned is None:
-            eval_pruned = evaluate(model, data)
+        if step < len(state.plans) - 1 or (step == len(state.plans) - 1 and state.epochs_done >= epochs):
+            continue  # this step's cut and fine-tune are in the checkpoint
+        resume_training = None
+        if step == len(state.plans):
+            model, plan, diag = prune_once(model, data, spec, target, state.reference, timer, progress)
+            state.plans.append(plan.to_dict())
+            state.diagnostics.append(diag)
+            state.epochs_done = 0
+            if state.pruned_eval is None:
+                state.pruned_eval = asdict(evaluate(model, data))
+            save()
+        else:
+            resume_training = state.training
         if epochs:
             with timer("finetune"):
                 cfg = spec.finetune.evolve(epochs=epochs)
                 done = sum(step_epochs[:step])
                 total = max(1, sum(step_epochs))
-                stats = finetune(
+                kept_history = [h for h in state.history if h["step"] != step + 1]
+
+                def epoch_done(training: TrainingState, step: int = step) -> None:
+                    state.epochs_done = len(training["history"])
+                    state.history = kept_history + [{"step": step + 1, **h} for h in training["history"]]
+                    save(training)
+
+                finetune(
                     model,
                     data,
                     cfg,
@@ -267,15 +304,18 @@ def run(
                     seed=spec.seed + step,
                     should_stop=should_stop,
                     on_progress=lambda f, m: progress("finetune", (done + f * epochs) / total, m),
+                    resume=resume_training,
+                    on_epoch=epoch_done,
                 )
-                history.extend({"step": step + 1, **asdict(s)} for s in stats)
+    plans = [PruningPlan.from_dict(p) for p in state.plans]
+    diagnostics, history = state.diagnostics, state.history
     after = count_cost(model, example)
     eval_after = evaluate(model, data)
     check_cancel()
 
-    model_spec = ModelSpec.for_data(spec.arch, data, plans)
     with timer("export"):
         progress("export", 0.0, {})
+        model_spec = ModelSpec.for_data(portable_arch(spec.arch, out), data, plans)
         save_weights(model, out / "model.safetensors", model_spec)
         write_json(out / "spec.json", model_spec.to_dict())
         onnx_diff = None
@@ -320,7 +360,7 @@ def run(
             "after": latency_after,
         },
         "accuracy_before": eval_before.accuracy,
-        "accuracy_pruned": eval_pruned.accuracy if eval_pruned else eval_before.accuracy,
+        "accuracy_pruned": state.pruned_eval["accuracy"] if state.pruned_eval else eval_before.accuracy,
         "accuracy_after": eval_after.accuracy,
         "loss_before": eval_before.loss,
         "loss_after": eval_after.loss,
@@ -329,12 +369,21 @@ def run(
         "allocation": diagnostics,
         "finetune": {"config": spec.finetune.to_dict(), "history": history},
         "timings": {stage: round(s, 3) for stage, s in timer.seconds.items()},
+        "resumed": resumed,
         "versions": {"torch": torch.__version__, "torch_pruning": torch_pruning.__version__},
         "notes": "MACs count conv+linear multiply-accumulates per sample; FLOPs = 2 x MACs.",
     }
     write_json(out / "report.json", report)
     progress("done", 1.0, {"accuracy": eval_after.accuracy})
     return report
+
+
+def portable_arch(arch: str, out: Path) -> str:
+    """The arch for spec.json: an ONNX source is copied beside it and named relatively."""
+    if not arch.startswith(ONNX_PREFIX):
+        return arch
+    shutil.copyfile(arch[len(ONNX_PREFIX) :], out / ONNX_SOURCE)
+    return ONNX_PREFIX + ONNX_SOURCE
 
 
 def _split_epochs(epochs: int, steps: int) -> list[int]:

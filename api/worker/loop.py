@@ -100,7 +100,7 @@ class Worker:
         s = self.settings
         return {
             "job_id": job.id, "spec": job.spec, "data": paths.get("data", "digits"), "weights": paths.get("weights"),
-            "out_dir": str(out), "latency_repeats": s.latency_repeats, "calibration_batches": s.calibration_batches,
+            "model": paths.get("onnx"), "out_dir": str(out), "checkpoint_dir": str(self.artifacts.checkpoint_dir(job.id)), "latency_repeats": s.latency_repeats, "calibration_batches": s.calibration_batches,
             "threads": s.child_threads,
         }  # fmt: skip
 
@@ -181,10 +181,13 @@ class Worker:
             if not self.store.complete(lease, result, artifacts):
                 log.warning("job %s: lease lost before completion; discarding attempt %d", job.id, job.attempt)
                 shutil.rmtree(final, ignore_errors=True)
+                return
+            self.artifacts.drop_checkpoint(job.id)
             return
         shutil.rmtree(out, ignore_errors=True)
         if ending.kind == "cancelled":
             self.store.finish(lease, JobStatus.CANCELLED, "cancelled", "cancelled while running")
+            self.artifacts.drop_checkpoint(job.id)
         elif ending.kind == "shutdown":
             self.store.retry(lease, 0.0, "worker_shutdown", "the worker shut down; the job was put back", count_attempt=False)
         elif ending.kind == "failed" and ending.outcome is not None:
@@ -192,6 +195,7 @@ class Worker:
             decision = self.retry.decide(outcome, job.attempt, job.max_attempts)
             if decision is None:
                 self.store.finish(lease, JobStatus.FAILED, outcome.code, outcome.message)
+                self.artifacts.drop_checkpoint(job.id)
             else:
                 self.store.retry(lease, decision.retry_in_s, outcome.code, outcome.message)
             log.warning("job %s attempt %d: %s: %s", job.id, job.attempt, outcome.code, outcome.message)

@@ -1,6 +1,6 @@
 """Fine-tuning with distillation, and evaluation."""
 
 from autoprune.finetune.evaluate import Evaluation, evaluate
-from autoprune.finetune.loop import EpochStats, distillation_loss, finetune
+from autoprune.finetune.loop import EpochStats, TrainingState, distillation_loss, finetune
 
-__all__ = ["EpochStats", "Evaluation", "distillation_loss", "evaluate", "finetune"]
+__all__ = ["EpochStats", "Evaluation", "TrainingState", "distillation_loss", "evaluate", "finetune"]

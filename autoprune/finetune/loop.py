@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,6 +20,8 @@ from autoprune.errors import CancelledError
 from autoprune.types import FinetuneConfig
 
 ProgressFn = Callable[[float, dict[str, float]], None]
+# After each epoch: {"optimizer", "scheduler", "generator", "rng", "history"}, enough to resume.
+TrainingState = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -60,8 +63,15 @@ def finetune(
     seed: int = 0,
     on_progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
+    resume: TrainingState | None = None,
+    on_epoch: Callable[[TrainingState], None] | None = None,
 ) -> list[EpochStats]:
-    """Train ``model`` in place for ``cfg.epochs`` epochs; returns per-epoch statistics."""
+    """Train ``model`` in place for ``cfg.epochs`` epochs; returns per-epoch statistics.
+
+    ``on_epoch`` receives the training state after each epoch; passing one back as ``resume``
+    (with the model's weights of that moment) continues exactly where it stopped: the same
+    batches, augmentations and learning rates as an uninterrupted run.
+    """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     per_epoch = steps_per_epoch(data, cfg)
@@ -72,8 +82,14 @@ def finetune(
     if use_teacher:
         teacher.eval()
     history: list[EpochStats] = []
-    step = 0
-    for epoch in range(cfg.epochs):
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        schedule.load_state_dict(resume["scheduler"])
+        generator.set_state(resume["generator"])
+        torch.set_rng_state(resume["rng"])
+        history = [EpochStats(**h) for h in resume["history"]]
+    step = len(history) * per_epoch
+    for epoch in range(len(history), cfg.epochs):
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0
         batches = iterate_batches(
@@ -107,5 +123,11 @@ def finetune(
                 lr=schedule.get_last_lr()[0],
             )
         )
+        if on_epoch is not None:
+            on_epoch({
+                "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
+                "generator": generator.get_state(), "rng": torch.get_rng_state(),
+                "history": [asdict(h) for h in history],
+            })  # fmt: skip
     model.eval()
     return history

@@ -1,14 +1,17 @@
-"""Crash safety with real processes: kill -9, a frozen (stale) worker, a poison job."""
+"""Crash safety with real processes: kill -9, resume from a checkpoint, a frozen (stale) worker, a poison job."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 import service_harness
+import torch
 from service_harness import stop_process, submit, wait_for
 
 service = service_harness.service  # fixture
@@ -71,11 +74,62 @@ def test_kill9_worker_mid_job_then_another_finishes_it_once(service, client):
     assert {a.name for a in job.artifacts} >= {"report.json", "model.safetensors"}
 
 
+def epochs_checkpointed(service, job_id: str) -> int:
+    """Fine-tune epochs recorded in the job's checkpoint (0 while there is none)."""
+    path = service.data_dir / "jobs" / job_id / "checkpoint" / "checkpoint.pt"
+    try:
+        return json.loads(torch.load(path, weights_only=True)["meta"])["epochs_done"]
+    except (OSError, RuntimeError, EOFError):  # absent, or replaced while we read it
+        return 0
+
+
+def test_a_requeued_job_resumes_from_its_checkpoint(service, client):
+    job_id = submit(client, finetune='{"epochs": 4, "max_steps_per_epoch": 20}').json()["id"]
+    first = service.start_worker()
+    wait_for(lambda: epochs_checkpointed(service, job_id) >= 1, 120, "a checkpoint after fine-tune epoch 1", 0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(10)
+    assert service.job(job_id).status.value == "running"
+
+    second = service.start_worker()
+    try:
+        job = service.wait_status(job_id, {"succeeded", "failed"}, 150)
+    finally:
+        stop_process(second)
+    assert job.status.value == "succeeded", job.error
+    assert job.attempt == 2
+    assert job.result["resumed"]["cuts_done"] == 1 and 1 <= job.result["resumed"]["epochs_done"] < 4
+    assert [h["epoch"] for h in job.result["finetune"]["history"]] == [1, 2, 3, 4]  # nothing lost or repeated
+    assert not (service.data_dir / "jobs" / job_id / "checkpoint").exists()  # dropped once the job succeeded
+
+
+def freeze_between_transactions(service, pid: int) -> None:
+    """SIGSTOP the worker's group at a moment it holds no SQLite lock.
+
+    A process frozen inside a transaction blocks every SQLite writer until it wakes (that is
+    SQLite's file locking, not a fencing question), so freeze, check that an exclusive lock can
+    be had, and thaw and retry if not.
+    """
+    for _ in range(50):
+        os.killpg(pid, signal.SIGSTOP)
+        probe = sqlite3.connect(service.engine.url.database, timeout=0.5, isolation_level=None)
+        try:
+            probe.execute("BEGIN EXCLUSIVE")
+            probe.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:
+            os.killpg(pid, signal.SIGCONT)
+            time.sleep(0.05)
+        finally:
+            probe.close()
+    raise AssertionError("the worker always held a database lock")
+
+
 def test_a_frozen_worker_past_its_lease_is_fenced_out(service, client):
     job_id = submit(client).json()["id"]
     frozen = service.start_worker()
     wait_running(service, job_id, ("intake", "baseline", "importance"))
-    os.killpg(frozen.pid, signal.SIGSTOP)  # the worker freezes; its child (own group) runs on, unsupervised
+    freeze_between_transactions(service, frozen.pid)  # its child (own group) runs on, unsupervised
     try:
         rescuer = service.start_worker()
         wait_for(lambda: service.job(job_id).attempt == 2, 60, "a second attempt to be claimed", 0.1)
