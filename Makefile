@@ -1,9 +1,9 @@
-# Two entry points: `make demo` (set up, then prune the embedded default) and `make test`.
+# Two entry points: `make demo` (set up, then run the embedded default job through the service) and `make test`.
 VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: demo service-demo test bench lint clean postgres
+.PHONY: demo cli-demo test bench bench-load lint clean postgres browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -11,15 +11,17 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The default job as users meet it: trains a digits ResNet-20, starts the API and a worker,
+# submits over HTTP, polls with progress, downloads and checks the artifacts, prints the report,
+# stops both.
 demo: $(STAMP)
+	$(VENV)/bin/python -m api.demo --dir demo-service
+
+# The same job with the CLI alone, no service.
+cli-demo: $(STAMP)
 	$(VENV)/bin/autoprune demo --out demo-out
 
-# The same default job through the HTTP service: starts the API and a worker, submits over HTTP,
-# polls with progress, downloads and checks the artifacts, prints the report, stops both.
-service-demo: $(STAMP)
-	$(VENV)/bin/python -m api.demo
-
-test: $(STAMP) postgres
+test: $(STAMP) postgres browser
 	$(VENV)/bin/python -m pytest -q --durations=10
 
 # PostgreSQL server binaries for tests/api (each test starts a throwaway cluster on loopback).
@@ -32,13 +34,28 @@ postgres:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
 	else echo "PostgreSQL binaries not found and not root: the PostgreSQL tests will be skipped"; fi
 
+# Debian's Chromium for the dashboard test (Playwright drives it; `playwright install` would
+# download a browser, which needs the network). Idempotent; needs root and apt-get, otherwise
+# that test is skipped with a message.
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Chromium (apt-get) for the dashboard test"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	else echo "/usr/bin/chromium not found and not root: the dashboard test will be skipped"; fi
+
 bench: $(STAMP)
 	$(VENV)/bin/python bench/resnet20_cifar10.py
 	$(VENV)/bin/python bench/methods_cifar10.py
+
+# Load on the job service over loopback (wrk against GET /jobs/{id}, 50 MiB submissions); needs `wrk`.
+bench-load: $(STAMP)
+	$(VENV)/bin/python bench/load_api.py
 
 lint: $(STAMP)
 	$(VENV)/bin/pip install --quiet ruff==0.14.0
 	$(VENV)/bin/ruff check --select F,E9,I --line-length 120 autoprune solvers api tests bench
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache
+	rm -rf $(VENV) demo-out demo-service .pytest_cache

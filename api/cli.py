@@ -13,6 +13,8 @@ import os
 import sys
 from typing import Any
 
+from autoprune.types import DEFAULT_METHOD
+
 
 def add_commands(sub: Any) -> None:
     """Register the service's subcommands on autoprune's subparsers."""
@@ -39,7 +41,7 @@ def add_commands(sub: Any) -> None:
     submit.add_argument("--dataset", default="digits", help="built-in dataset (default digits)")
     submit.add_argument("--data", help="dataset archive to upload instead (.zip/.tar/.tar.gz)")
     submit.add_argument("--budget", default='{"flops": 0.5}', help='budget JSON (default {"flops": 0.5})')
-    submit.add_argument("--method", default="global", help="allocator (default global)")
+    submit.add_argument("--method", default=DEFAULT_METHOD, help=f"allocator (default {DEFAULT_METHOD})")
     submit.add_argument("--criterion", help="channel importance (default: the method's)")
     submit.add_argument("--finetune", default="{}", help='fine-tune JSON, e.g. {"epochs": 2}')
     submit.add_argument("--wait", action="store_true", help="poll until the job finishes, showing progress")

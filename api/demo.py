@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 
 from api.client import Client
+from autoprune.types import DEFAULT_METHOD
 
 
 def _free_port() -> int:
@@ -62,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _wait_healthy(f"http://127.0.0.1:{port}/healthz")
         with Client(f"http://127.0.0.1:{port}", token) as client:
-            fields = {"arch": "resnet20", "dataset": "digits", "budget": '{"flops": 0.5}', "method": "global",
-                      "criterion": "taylor", "finetune": json.dumps({"epochs": args.finetune_epochs})}  # fmt: skip
+            fields = {"arch": "resnet20", "dataset": "digits", "budget": '{"flops": 0.5}', "method": DEFAULT_METHOD,
+                      "finetune": json.dumps({"epochs": args.finetune_epochs})}  # fmt: skip
             job = client.submit(fields, {"weights": str(weights)})
             print(f"3/4 submitted job {job['id']}; polling GET /jobs/{job['id']}")
             job = client.wait(job["id"], on_update=_show)

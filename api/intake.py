@@ -29,11 +29,12 @@ def check(request: dict[str, Any]) -> dict[str, Any]:
     from api.jobspec import to_jobspec
     from autoprune.data import ArchiveLimits, DataLimits, load_data
     from autoprune.models import WeightLimits, create_model, load_weights
+    from autoprune.models.onnx_graph import check_input_shape
     from autoprune.pipeline import validate
 
     spec = to_jobspec(
         request["spec"], data=request["data"], weights=request["weights"], out_dir="unused",
-        latency_repeats=1, calibration_batches=1,
+        latency_repeats=1, calibration_batches=1, model_file=request.get("model"),
     )  # fmt: skip
     validate(spec)
     limits = request["limits"]
@@ -43,6 +44,8 @@ def check(request: dict[str, Any]) -> dict[str, Any]:
         archive = ArchiveLimits(max_members=limits["max_archive_members"], max_total_bytes=limits["max_archive_bytes"])
         data = load_data(spec.data, limits=DataLimits(archive=archive))
         num_classes, shape = data.num_classes, tuple(data.input_shape)
+    if request.get("model"):
+        check_input_shape(request["model"], shape)
     model = create_model(spec.arch, num_classes=num_classes, in_channels=shape[0])
     if spec.weights:
         weight_limits = WeightLimits(

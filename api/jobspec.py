@@ -18,10 +18,32 @@ class SpecError(AutopruneError):
     code = "invalid_spec"
 
 
+ONNX_ARCH = "onnx"  # the stored arch of a job whose model is its uploaded ONNX graph
+ONNX_PREFIX = "onnx:"  # autoprune.models.onnx_graph.ONNX_PREFIX; importing it would pull in torch
+
+
 def to_jobspec(
-    spec: dict[str, Any], *, data: str, weights: str | None, out_dir: str, latency_repeats: int, calibration_batches: int
+    spec: dict[str, Any],
+    *,
+    data: str,
+    weights: str | None,
+    out_dir: str,
+    latency_repeats: int,
+    calibration_batches: int,
+    model_file: str | None = None,
 ) -> JobSpec:
-    """Build the JobSpec; raises an AutopruneError naming the field at fault."""
+    """Build the JobSpec; raises an AutopruneError naming the field at fault.
+
+    An ``onnx`` job runs ``onnx:<model_file>``, the server's copy of the upload; an ``onnx:``
+    path in the caller's own spec is refused, so a job can never name a server file.
+    """
+    arch = str(spec["arch"])
+    if arch.startswith(ONNX_PREFIX):
+        raise SpecError(f"arch {arch!r}: upload the ONNX graph as the 'onnx' file instead")
+    if arch == ONNX_ARCH:
+        if model_file is None:
+            raise SpecError("this job's ONNX graph is missing")
+        arch = ONNX_PREFIX + model_file
     try:
         finetune = FinetuneConfig(**spec.get("finetune", {}))
     except TypeError as exc:
@@ -29,7 +51,7 @@ def to_jobspec(
     except ValueError as exc:
         raise SpecError(str(exc)) from None
     return JobSpec(
-        arch=spec["arch"],
+        arch=arch,
         data=data,
         weights=weights,
         budget=Budget.from_dict(spec["budget"]),

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
-from api import errors
+from api import errors, web
 from api.metrics import RequestCounter
 from api.routes import router
 from api.settings import Settings, get_settings
@@ -58,5 +58,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )  # fmt: skip
     errors.install(app)
     app.include_router(router)
+    app.include_router(web.router)  # the dashboard's pages at / and /ui/...
     app.add_middleware(CountResponses, counter=responses)
     return app

@@ -19,15 +19,15 @@ from starlette.concurrency import run_in_threadpool
 from api.artifacts import ArtifactStore
 from api.errors import ApiError
 from api.jobs import Job, JobStatus, JobStore, NewJob
-from api.jobspec import to_jobspec
+from api.jobspec import ONNX_ARCH, ONNX_PREFIX, to_jobspec
 from api.settings import Settings
 from api.uploads import Form
 from api.validator import Validator
+from autoprune.types import DEFAULT_METHOD
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 REFUSED_WEIGHTS = (".pt2", ".ts", ".jit", ".pkl", ".pickle", ".onnx", ".joblib", ".npy")
 ARCHIVE_SUFFIXES = {".zip": ".zip", ".tar": ".tar", ".tar.gz": ".tar.gz", ".tgz": ".tar.gz"}  # as autoprune.data reads
-DEFAULT_METHOD = "global"
 
 
 @dataclass
@@ -39,8 +39,13 @@ class JobService:
 
     def _spec(self, form: Form) -> dict[str, Any]:
         fields = form.fields
-        if "arch" not in fields or not fields["arch"].strip():
-            raise ApiError(422, "missing_field", "'arch' (an architecture name such as resnet20) is required")
+        has_arch, has_onnx = bool(fields.get("arch", "").strip()), "onnx" in form.files
+        if has_arch == has_onnx:
+            raise ApiError(422, "missing_field", "give exactly one of 'arch' (an architecture name such as resnet20) "
+                           "or 'onnx' (a .onnx file)")  # fmt: skip
+        arch = fields["arch"].strip() if has_arch else ONNX_ARCH
+        if has_arch and (arch == ONNX_ARCH or arch.startswith(ONNX_PREFIX)):
+            raise ApiError(422, "invalid_spec", f"arch {arch!r}: upload an ONNX graph as the 'onnx' file instead")
         if "budget" not in fields:
             raise ApiError(422, "missing_field", "'budget' (JSON such as {\"flops\": 0.5}) is required")
         has_dataset, has_data = "dataset" in fields, "data" in form.files
@@ -49,7 +54,7 @@ class JobService:
         if has_dataset and fields["dataset"] != "digits":
             raise ApiError(422, "unknown_name", f"unknown dataset {fields['dataset']!r}; built in: digits (or upload 'data')")
         spec: dict[str, Any] = {
-            "arch": fields["arch"].strip(),
+            "arch": arch,
             "dataset": fields.get("dataset"),
             "budget": _json(fields, "budget"),
             "method": fields.get("method", DEFAULT_METHOD).strip() or DEFAULT_METHOD,
@@ -60,7 +65,7 @@ class JobService:
             raise ApiError(422, "invalid_spec", "'finetune' must be a JSON object such as {\"epochs\": 5}")
         s = self.settings  # raises BudgetError / SpecError (422) for malformed values
         to_jobspec(spec, data="digits", weights=None, out_dir="-", latency_repeats=s.latency_repeats,
-                   calibration_batches=s.calibration_batches)  # fmt: skip
+                   calibration_batches=s.calibration_batches, model_file="-")  # fmt: skip
         return spec
 
     def _suffixes(self, form: Form) -> dict[str, str]:
@@ -74,6 +79,11 @@ class JobService:
             if suffix not in WEIGHT_SUFFIXES:
                 raise ApiError(415, "unsupported_format", f"{name}: weights must be one of {', '.join(WEIGHT_SUFFIXES)}")
             out["weights"] = suffix
+        if "onnx" in form.files:
+            name = form.files["onnx"].filename.lower()
+            if Path(name).suffix != ".onnx":
+                raise ApiError(415, "unsupported_format", f"{name}: 'onnx' must be a .onnx file")
+            out["onnx"] = ".onnx"
         if "data" in form.files:
             name = form.files["data"].filename.lower()
             kind = next((k for k in ARCHIVE_SUFFIXES if name.endswith(k)), None)
@@ -97,6 +107,7 @@ class JobService:
             s = self.settings
             request = {
                 "spec": spec, "data": paths.get("data", "digits"), "weights": paths.get("weights"),
+                "model": paths.get("onnx"),
                 "limits": {"max_archive_members": s.max_archive_members, "max_archive_bytes": s.max_archive_bytes,
                            "max_upload_bytes": s.max_upload_bytes, "max_tensor_elements": s.max_tensor_elements},
             }  # fmt: skip

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from api.errors import ApiError
 
 TEXT_FIELDS = frozenset({"arch", "dataset", "budget", "method", "criterion", "finetune"})
-FILE_FIELDS = frozenset({"weights", "data"})
+FILE_FIELDS = frozenset({"weights", "data", "onnx"})
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from autoprune.errors import AutopruneError
-from autoprune.types import Budget, FinetuneConfig, JobSpec
+from autoprune.types import DEFAULT_METHOD, Budget, FinetuneConfig, JobSpec
 
 
 def _finetune_flags(parser: argparse.ArgumentParser, epochs: int) -> None:
@@ -68,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch", help="where a latency budget is measured (default torch)")
     prune.add_argument("--latency-batch", type=int, default=1, help="batch size at which latency is measured (default 1)")
     prune.add_argument(
-        "--method", default="global",
-        help="allocator: uniform | global | nap | itpruner | evolution | halp (default global); "
+        "--method", default=DEFAULT_METHOD,
+        help=f"allocator: uniform | global | nap | itpruner | evolution | halp (default {DEFAULT_METHOD}); "
         "latency budgets: halp or evolution",
     )
     prune.add_argument(
@@ -167,7 +167,8 @@ def print_summary(report: dict[str, Any], out: str) -> None:
     console = Console()
     console.print(table)
     console.print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in report["timings"].items()))
-    console.print(f"wrote {out}/: report.json, model.safetensors, spec.json" + (", model.onnx" if report["onnx_max_abs_diff"] is not None else "") + f" (onnxruntime max abs diff {report['onnx_max_abs_diff']})")
+    onnx = f", model.onnx (onnxruntime max abs diff {report['onnx_max_abs_diff']:.2g})" if report["onnx_max_abs_diff"] is not None else ""
+    console.print(f"wrote {out}/: report.html (open it in a browser), report.json, model.safetensors, spec.json{onnx}")
 
 
 def _budget(args: argparse.Namespace) -> Budget:
@@ -221,11 +222,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     train_args = ["train", "--arch", "resnet20", "--data", "digits", "--epochs", str(args.train_epochs), "--out", str(weights)]
     prune_args = [
         "prune", "--arch", "resnet20", "--weights", str(weights), "--data", "digits", "--budget", "flops=0.5",
-        "--method", "global", "--criterion", "taylor", "--finetune-epochs", str(args.finetune_epochs), "--out", str(out),
+        "--method", DEFAULT_METHOD, "--finetune-epochs", str(args.finetune_epochs), "--out", str(out),
     ]
     if main(train_args) != 0:
         return 1
-    print("2/2 pruning to half the MACs (global Taylor ranking), fine-tuning with distillation, exporting")
+    print(f"2/2 pruning to half the MACs ({DEFAULT_METHOD}), fine-tuning with distillation, exporting")
     return main(prune_args)
 
 

@@ -34,6 +34,8 @@ from autoprune.importance.kfac import KFAC, saliencies
 from autoprune.measure import CostReport, count_cost, onnx_latency_ms, torch_latency_ms
 from autoprune.measure.latency_table import LatencyTable
 from autoprune.models import create_model, load_weights
+from autoprune.models.onnx_graph import ONNX_PREFIX, check_input_shape
+from autoprune.report import write_report_files
 from autoprune.surgery import PruningPlan, apply_plan, make_plan
 from autoprune.types import Budget, FinetuneConfig, JobSpec
 from solvers import Allocator
@@ -44,7 +46,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, float, dict[str, Any]], None]
 STAGES = ("intake", "baseline", "importance", "allocation", "surgery", "finetune", "export")
 
-ONNX_PREFIX, ONNX_SOURCE = "onnx:", "source.onnx"
+ONNX_SOURCE = "source.onnx"  # an ONNX job's graph, copied beside spec.json
 DEFAULT_CRITERION = {"uniform": "l1", "global": "taylor", "nap": "kfac", "itpruner": "l1", "evolution": "l1", "halp": "taylor"}
 
 
@@ -91,6 +93,8 @@ def criterion_of(spec: JobSpec) -> str:
 
 def intake(spec: JobSpec) -> tuple[nn.Module, ImageData]:
     data = load_data(spec.data)
+    if spec.arch.startswith(ONNX_PREFIX):
+        check_input_shape(spec.arch.removeprefix(ONNX_PREFIX), data.input_shape)
     torch.manual_seed(spec.seed)
     model = create_model(spec.arch, num_classes=data.num_classes, in_channels=data.input_shape[0])
     if spec.weights:
@@ -336,7 +340,7 @@ def run(
         progress("export", 1.0, {})
 
     report = {
-        "arch": spec.arch,
+        "arch": model_spec.arch,
         "data": spec.data,
         "method": spec.method,
         "criterion": diagnostics[0]["criterion"],
@@ -374,6 +378,7 @@ def run(
         "notes": "MACs count conv+linear multiply-accumulates per sample; FLOPs = 2 x MACs.",
     }
     write_json(out / "report.json", report)
+    write_report_files(out, report)
     progress("done", 1.0, {"accuracy": eval_after.accuracy})
     return report
 

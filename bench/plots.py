@@ -13,12 +13,9 @@ matplotlib.use("Agg")  # files only: no display on a benchmark machine
 
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
+from autoprune.report.plots import draw_widths, short_name  # noqa: E402  (the job report draws the same panels)
+
 Layers = Sequence[Mapping[str, Any]]
-
-
-def short_name(layer: str) -> str:
-    """``layer2.0.downsample.0`` → ``2.0.ds``: tick labels that fit under a 20-layer axis."""
-    return layer.replace("layer", "").replace("downsample.0", "ds")
 
 
 def width_plot(runs: Mapping[str, Layers], path: str | Path, *, title: str = "", columns: int = 4) -> None:
@@ -37,7 +34,7 @@ def width_plot(runs: Mapping[str, Layers], path: str | Path, *, title: str = "",
     first = next(iter(convs.values()))
     names = [row["name"] for row in first]
     before = [row["channels_before"] for row in first]
-    x = list(range(len(names)))
+    x = list(range(len(names)))  # draw_widths plots layer i at x = i
     ncols = min(columns, len(convs))
     nrows = math.ceil(len(convs) / ncols)
     fig, axes = plt.subplots(
@@ -45,11 +42,8 @@ def width_plot(runs: Mapping[str, Layers], path: str | Path, *, title: str = "",
     )
     for ax, (label, layers) in zip(axes.flat, convs.items()):
         after = {row["name"]: row["channels_after"] for row in layers}
-        ax.plot(x, before, color="0.55", linestyle="--", linewidth=1.5, label="unpruned")
-        ax.plot(x, [after.get(n, float("nan")) for n in names], color="C0", marker="o", markersize=3, label="pruned")
+        draw_widths(ax, before, [after.get(n, float("nan")) for n in names])
         ax.set_title(label, fontsize=10)
-        ax.grid(True, alpha=0.3)
-        ax.set_ylim(bottom=0)
     for ax in axes.flat[len(convs) :]:
         ax.set_visible(False)
     for ax in axes[:, 0]:

@@ -26,6 +26,9 @@ injected ``problem.evaluate`` (EagleEye's adaptive-BN accuracy in the pipeline, 
   Optuna 5.0. CMA-ES ignores constraints, so it only runs with repair.
 - **Warm start.** The uniform allocation is enqueued as the first trial (METHODS.md §3c), so
   the search never returns less than the uniform baseline as judged by ``evaluate``.
+- **Diagnostics.** ``trace`` holds (cost/budget, score) of every evaluated candidate, exact;
+  ``candidates`` is the report's compact copy: every trial, rejected ones included, rounded
+  and thinned to about ``CANDIDATES_SHOWN`` trials, so a long search stays a small report.
 
 Simplifications: single-objective (maximise ``evaluate``; the cost is a constraint, not a
 second objective), and a few dozen trials instead of the papers' ~1000 evaluations, because
@@ -40,6 +43,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import optuna
@@ -49,6 +53,7 @@ from solvers.base import Allocation, AllocationProblem, Allocator, GroupSpec, la
 from solvers.uniform import Uniform
 
 SAMPLERS = ("nsga2", "cmaes")
+CANDIDATES_SHOWN = 200  # trials kept in the compact ``candidates`` diagnostic (the best always)
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,7 @@ class Evolution(Allocator):
                 storage=storage, study_name=study_name, direction="maximize", sampler=self._sampler(problem.seed)
             )
             study.enqueue_trial({g.id: uniform[g.id] / g.channels for g in free})
-            evaluated = self._search(study, space, problem)
+            evaluated, rejected = self._search(study, space, problem)
         best = max(evaluated, key=lambda c: c.score)  # the first of equals: deterministic
         return Allocation(
             keep=best.keep,
@@ -109,6 +114,7 @@ class Evolution(Allocator):
                 "best_trial": best.trial,
                 "uniform_score": evaluated[0].score,
                 "trace": [(c.cost / problem.budget, c.score) for c in evaluated],
+                "candidates": _compact_trace(evaluated, rejected, best.trial, problem.budget),
             },
         )
 
@@ -119,13 +125,14 @@ class Evolution(Allocator):
 
     def _search(
         self, study: optuna.Study, space: dict[str, FloatDistribution], problem: AllocationProblem
-    ) -> list[_Evaluated]:
-        """Ask, repair or reject, evaluate, tell; the feasible candidates in trial order.
+    ) -> tuple[list[_Evaluated], list[tuple[int, float]]]:
+        """Ask, repair or reject, evaluate, tell; the evaluated candidates and the rejected (trial, cost).
 
-        The first trial is the enqueued uniform allocation, which is feasible, so the list is
-        never empty and starts with it.
+        The first trial is the enqueued uniform allocation, which is feasible, so the evaluated
+        list is never empty and starts with it; both lists are in trial order.
         """
         evaluated: list[_Evaluated] = []
+        rejected: list[tuple[int, float]] = []
         for _ in range(self.trials):
             trial = study.ask(space)
             units = self._candidate(problem, trial.params)
@@ -135,11 +142,12 @@ class Evolution(Allocator):
             trial.set_user_attr("candidate", {"keep": keep, "cost_fraction": cost / problem.budget})
             if cost > problem.budget:
                 study.tell(trial, -math.inf)  # rejected unevaluated; the constraint ranks it below feasible ones
+                rejected.append((trial.number, cost))
                 continue
             score = float(problem.evaluate(keep))
             study.tell(trial, score)
             evaluated.append(_Evaluated(keep=keep, cost=cost, score=score, trial=trial.number))
-        return evaluated
+        return evaluated, rejected
 
     def _candidate(self, problem: AllocationProblem, ratios: dict[str, float]) -> dict[str, int]:
         """Units per group for sampled ``ratios``: repaired onto the budget, or rounded as sampled."""
@@ -154,6 +162,29 @@ class Evolution(Allocator):
         if self.repair:
             return units_at(largest_feasible(len(owner), lambda k: problem.cost_of_units(units_at(k)), problem.budget))
         return units_at(int(np.searchsorted(scales, 1.0, side="right")))
+
+
+def _compact_trace(
+    evaluated: list[_Evaluated], rejected: list[tuple[int, float]], best: int, budget: float
+) -> list[dict[str, Any]]:
+    """Every trial in order: cost/budget and score (None if rejected) to 4 decimals, and flags.
+
+    Longer searches are thinned evenly to about ``CANDIDATES_SHOWN`` trials; the best is kept.
+    """
+    rows: list[tuple[int, float, float | None]] = [(c.trial, c.cost, c.score) for c in evaluated]
+    rows = sorted([*rows, *((t, cost, None) for t, cost in rejected)], key=lambda row: row[0])
+    stride = math.ceil(len(rows) / CANDIDATES_SHOWN)
+    return [
+        {
+            "trial": trial,
+            "cost_over_budget": round(cost / budget, 4),
+            "score": None if score is None else round(score, 4),
+            "feasible": score is not None,
+            "best": trial == best,
+        }
+        for i, (trial, cost, score) in enumerate(rows)
+        if i % stride == 0 or trial == best
+    ]
 
 
 def _growth(groups: tuple[GroupSpec, ...], ratios: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:

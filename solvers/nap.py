@@ -19,6 +19,8 @@ schedule, not an allocator: each step builds a fresh problem from re-computed sa
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from solvers.base import Allocation, AllocationProblem, Allocator, GroupSpec
@@ -26,7 +28,11 @@ from solvers.global_rank import keep_best_prefix
 
 
 class NAP(Allocator):
-    """Keep the channels with the largest raw loss-increase saliency network-wide, to the budget."""
+    """Keep the channels with the largest raw loss-increase saliency network-wide, to the budget.
+
+    Diagnostics: the ranking's (``ranked_units``, ``kept_units``, ``threshold``) and, for the
+    report's plot, ``group_median_score``: the median ranked score of each group (4 digits).
+    """
 
     def __init__(self, per_cost: bool = False) -> None:
         if not isinstance(per_cost, bool):
@@ -37,7 +43,10 @@ class NAP(Allocator):
         scores = {g.id: problem.unit_scores(g) * g.blocks for g in problem.groups}
         if self.per_cost:
             scores = {g.id: per_saving(scores[g.id], unit_saving(problem, g)) for g in problem.groups}
-        return keep_best_prefix(problem, scores)
+        allocation = keep_best_prefix(problem, scores)
+        median = {gid: float(np.median(s)) for gid, s in scores.items()}
+        shown = {gid: float(f"{m:.4g}") if np.isfinite(m) else None for gid, m in median.items()}  # inf: saves nothing
+        return replace(allocation, diagnostics={**allocation.diagnostics, "group_median_score": shown})
 
 
 def unit_saving(problem: AllocationProblem, group: GroupSpec) -> float:

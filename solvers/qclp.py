@@ -134,7 +134,8 @@ class ITPruner(Allocator):
     solver's value of the normalised program), ``relaxed_cost_over_budget`` (exact cost of the
     relaxed ratios / budget), both objectives with the given α at the relaxed and at the final
     ratios (``relaxed_objective_linear``/``_log``, ``objective_linear``/``_log``), and what the
-    rounding repair did (``grown_units``, ``exchanges``).
+    rounding repair did (``grown_units``, ``exchanges``); ``layer_weights``: α per group, divided
+    by its maximum (for the report's plot).
     """
 
     needs = frozenset({"quadratic_cost", "layer_importance"})
@@ -164,6 +165,7 @@ class ITPruner(Allocator):
         utility: Utility = np.log if self.formulation == "gp" else np.asarray
         units, rounding = round_to_budget(problem, program, relaxed, utility)
         final = units / program.units
+        weights = program.alpha / program.alpha.max()
         diagnostics = {
             "formulation": self.formulation,
             **info,
@@ -173,6 +175,7 @@ class ITPruner(Allocator):
             "objective_linear": float(program.alpha @ final),
             "objective_log": float(program.alpha @ np.log(final)),
             **rounding,
+            "layer_weights": {g.id: round(float(w), 4) for g, w in zip(problem.groups, weights, strict=True)},
         }
         keep_units = {g.id: int(u) for g, u in zip(problem.groups, units, strict=True)}
         return Allocation(

@@ -53,7 +53,6 @@ def with_flag(argv: list[str], flag: str, value: str) -> list[str]:
         ("--budget", "speed=2", "budget kind"),
         ("--budget", "flops=abc", "not a number"),
         ("--budget", "flops=0.001", "cannot be met"),
-        ("--budget", "latency_ms=2", "does not take latency_ms"),
         ("--budget", "latency_ms=-1", "positive"),
         ("--method", "magic", "unknown allocator"),
         ("--criterion", "magic", "unknown criterion"),
@@ -67,6 +66,11 @@ def test_bad_input_is_a_clear_error(capsys, base, flag, value, message):
     assert code == 2
     assert message.lower() in output.lower()
     assert "Traceback" not in output
+
+
+def test_a_method_without_latency_support_refuses_a_latency_budget(capsys, base):
+    code, output = run_cli(capsys, *with_flag(with_flag(base, "--method", "global"), "--budget", "latency_ms=2"))
+    assert code == 2 and "does not take latency_ms" in output and "Traceback" not in output
 
 
 def test_weights_for_another_architecture_name_the_parameter(capsys, base, tmp_path):

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request
 from api.deps import JobDep, OwnerDep, ServiceDep, StateDep, SubmitterDep
 from api.schemas import ErrorBody, JobPublic, JobsPublic
 from api.uploads import read_form
+from autoprune.types import DEFAULT_METHOD
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 422, 429)}
@@ -19,14 +20,16 @@ SUBMIT_BODY = {
         "required": True,
         "content": {"multipart/form-data": {"schema": {
             "type": "object",
-            "required": ["arch", "budget"],
+            "required": ["budget"],
             "properties": {
-                "arch": {"type": "string", "description": "architecture name", "example": "resnet20"},
-                "weights": {"type": "string", "format": "binary", "description": ".safetensors or weights-only .pt/.pth"},
+                "arch": {"type": "string", "description": "architecture name (or upload 'onnx')", "example": "resnet20"},
+                "onnx": {"type": "string", "format": "binary", "description": ".onnx classifier graph, instead of 'arch'"},
+                "weights": {"type": "string", "format": "binary",
+                            "description": ".safetensors or weights-only .pt/.pth (optional with 'onnx')"},
                 "dataset": {"type": "string", "description": "built-in dataset name", "example": "digits"},
                 "data": {"type": "string", "format": "binary", "description": ".zip/.tar/.tar.gz of an npz dir or image folder"},
                 "budget": {**_JSON_FIELD, "example": '{"flops": 0.5}'},
-                "method": {"type": "string", "example": "global"},
+                "method": {"type": "string", "example": DEFAULT_METHOD},
                 "criterion": {"type": "string", "example": "taylor"},
                 "finetune": {**_JSON_FIELD, "example": '{"epochs": 1, "max_steps_per_epoch": 4}'},
             },

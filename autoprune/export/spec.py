@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePath
 from typing import Any
 
 import torch
@@ -14,6 +14,7 @@ from torch import nn
 from autoprune.data import ImageData
 from autoprune.errors import ModelIntakeError
 from autoprune.models import create_model, load_weights
+from autoprune.models.onnx_graph import ONNX_PREFIX
 from autoprune.surgery import PruningPlan, apply_plan
 
 SPEC_FORMAT = "autoprune.spec"
@@ -30,6 +31,8 @@ class ModelSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     plans: tuple[PruningPlan, ...] = ()
+    # where a relative ``onnx:`` arch is found: the spec file's directory (set by read_spec)
+    base_dir: Path | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -46,6 +49,7 @@ class ModelSpec:
     def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
         if data.get("format") != SPEC_FORMAT or data.get("version") != SPEC_VERSION:
             raise ModelIntakeError(f"not an {SPEC_FORMAT} version {SPEC_VERSION} file")
+        _check_onnx_reference(str(data.get("arch", "")))
         try:
             return cls(
                 arch=str(data["arch"]),
@@ -74,8 +78,11 @@ class ModelSpec:
         return torch.zeros(1, *self.input_shape)
 
     def build(self) -> nn.Module:
-        """A fresh, randomly initialised instance with every plan applied (the pruned shapes)."""
-        model = create_model(self.arch, num_classes=self.num_classes, in_channels=self.input_shape[0])
+        """A fresh instance (random weights; an ONNX graph's own) with every plan applied (the pruned shapes)."""
+        arch = self.arch
+        if arch.startswith(ONNX_PREFIX) and self.base_dir is not None:
+            arch = ONNX_PREFIX + str(self.base_dir / arch.removeprefix(ONNX_PREFIX))
+        model = create_model(arch, num_classes=self.num_classes, in_channels=self.input_shape[0])
         for plan in self.plans:
             model = apply_plan(model, self.example_input(), plan)
         return model.eval()
@@ -87,9 +94,19 @@ def read_spec(spec: str | Path | Mapping[str, Any] | ModelSpec) -> ModelSpec:
     if isinstance(spec, Mapping):
         return ModelSpec.from_dict(spec)
     try:
-        return ModelSpec.from_dict(json.loads(Path(spec).read_text()))
+        data = json.loads(Path(spec).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelIntakeError(f"cannot read spec {spec}: {exc}") from exc
+    return replace(ModelSpec.from_dict(data), base_dir=Path(spec).resolve().parent)
+
+
+def _check_onnx_reference(arch: str) -> None:
+    """A spec names its ONNX graph by a path inside its own directory: nothing absolute, no ``..``."""
+    if not arch.startswith(ONNX_PREFIX):
+        return
+    ref = PurePath(arch.removeprefix(ONNX_PREFIX))
+    if not ref.parts or ref.is_absolute() or ".." in ref.parts:
+        raise ModelIntakeError(f"spec arch {arch!r}: an onnx: reference must be a relative path without '..'")
 
 
 def load_pruned(spec: str | Path | Mapping[str, Any] | ModelSpec, weights: str | Path) -> nn.Module:

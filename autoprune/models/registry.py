@@ -16,6 +16,7 @@ from torch import nn
 
 from autoprune.errors import ModelIntakeError, UnknownNameError
 from autoprune.models import cifar
+from autoprune.models.onnx_graph import ONNX_PREFIX, convert_onnx
 from autoprune.registry import Registry, close_matches
 
 ARCHS = Registry[Callable[..., nn.Module]]("architecture")
@@ -57,8 +58,17 @@ def list_archs() -> list[str]:
     return sorted({*ARCHS.names(), *_torchvision_names(), *_timm_names()})
 
 
-def create_model(arch: str, *, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
-    """Build ``arch`` with random weights; CIFAR names shadow torchvision, which shadows timm."""
+def create_model(arch: str, *, num_classes: int | None = None, in_channels: int | None = None) -> nn.Module:
+    """Build ``arch`` with random weights; CIFAR names shadow torchvision, which shadows timm.
+
+    ``onnx:PATH`` converts that ONNX graph instead, with the graph's own weights; its classes and
+    input channels are fixed by the graph, so ``num_classes``/``in_channels`` are only checked
+    against it. For the other architectures they default to 10 and 3.
+    """
+    if arch.startswith(ONNX_PREFIX):
+        return convert_onnx(arch.removeprefix(ONNX_PREFIX), num_classes=num_classes, in_channels=in_channels)
+    num_classes = 10 if num_classes is None else num_classes
+    in_channels = 3 if in_channels is None else in_channels
     if arch in ARCHS:
         return _build(arch, ARCHS.get(arch), num_classes=num_classes, in_channels=in_channels)
     if arch in _torchvision_names():
