@@ -121,13 +121,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _submit(client: Any, fields: dict[str, str], files: dict[str, str], args: argparse.Namespace) -> int:
+    from api.client import ProgressLine
+
     with client:
         job = client.submit(fields, files)
         print(f"submitted job {job['id']} ({job['status']})")
         if not args.wait:
             return 0
-        job = client.wait(job["id"], on_update=_print_progress)
-        print()
+        progress = ProgressLine()
+        job = client.wait(job["id"], on_update=progress)
+        progress.close()
         if job["status"] != "succeeded":
             print(f"job {job['id']} {job['status']}: {job['error']}: {job['error_detail']}", file=sys.stderr)
             return 1
@@ -142,6 +145,3 @@ SUMMARY_KEYS = ("arch", "method", "criterion", "budget", "flops_ratio", "params_
                 "latency_ms_before", "latency_ms_after", "timings")  # fmt: skip
 
 
-def _print_progress(job: dict[str, Any]) -> None:
-    eta = f" eta {job['eta_seconds']:.0f}s" if job.get("eta_seconds") is not None else ""
-    print(f"\r{job['status']:<9} {job.get('stage') or '':<12} {100 * job['progress']:5.1f}%{eta}    ", end="", flush=True)

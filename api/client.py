@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,31 @@ import httpx
 
 class ApiClientError(RuntimeError):
     """The API answered with an error body."""
+
+
+class ProgressLine:
+    """Prints a polled job's status: one rewritten line on a terminal; in a log, a line per
+    stage and per 10 points of progress (not one per poll)."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stdout.isatty()
+        self.shown: tuple[str, int] | None = None
+
+    def __call__(self, job: dict[str, Any]) -> None:
+        eta = job.get("eta_seconds")
+        tail = f", about {eta:.0f} s left" if isinstance(eta, (int, float)) else ""
+        line = f"{job['status']:<9} {str(job.get('stage') or ''):<11} {100 * float(job['progress']):5.1f}%{tail}"
+        if self.tty:
+            print(f"\r    {line}      ", end="", flush=True)
+            return
+        key = (f"{job['status']} {job.get('stage')}", int(10 * float(job["progress"])))
+        if key != self.shown:
+            self.shown = key
+            print(f"    {line}", flush=True)
+
+    def close(self) -> None:
+        if self.tty:
+            print()
 
 
 class Client:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from api.client import Client
+from api.client import Client, ProgressLine
 from autoprune.types import DEFAULT_METHOD
 
 
@@ -67,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
                       "finetune": json.dumps({"epochs": args.finetune_epochs})}  # fmt: skip
             job = client.submit(fields, {"weights": str(weights)})
             print(f"3/4 submitted job {job['id']}; polling GET /jobs/{job['id']}")
-            job = client.wait(job["id"], on_update=_show)
-            print()
+            progress = ProgressLine()
+            job = client.wait(job["id"], on_update=progress)
+            progress.close()
             if job["status"] != "succeeded":
                 print(f"job {job['status']}: {job['error']}: {job['error_detail']}", file=sys.stderr)
                 return 1
@@ -96,13 +97,6 @@ def _wait_healthy(url: str, timeout: float = 60) -> None:
             pass
         time.sleep(0.3)
     raise SystemExit(f"the API did not come up at {url}")
-
-
-def _show(job: dict[str, object]) -> None:
-    eta = job.get("eta_seconds")
-    tail = f", about {eta:.0f} s left" if isinstance(eta, (int, float)) else ""
-    print(f"\r    {job['status']:<9} {str(job.get('stage') or ''):<11} {100 * float(job['progress']):5.1f}%{tail}      ",
-          end="", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,3 +118,27 @@ def test_the_same_flow_on_postgresql(postgres, tmp_path):
         assert client.get("/healthz").json()["database"] == "postgresql"
     finally:
         svc.close()
+
+
+def test_autoprune_submit_waits_with_progress_and_downloads(service, worker, weights, tmp_path):
+    """The user's one-command client: submit, follow (a line per stage in a log), download."""
+    out = tmp_path / "downloaded"
+    finished = subprocess.run(
+        [sys.executable, "-m", "autoprune.cli", "submit", "--url", service.url, "--token", service.token("cli"),
+         "--weights", str(weights), "--finetune", service_harness.TINY_FINETUNE, "--wait", "--download", str(out)],
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert finished.returncode == 0, finished.stderr
+    lines = finished.stdout.splitlines()
+    assert lines[0].startswith("submitted job ")
+    statuses = ("queued", "running", "succeeded", "failed", "cancelled")
+    progress = [line.split() for line in lines if line.startswith("    ") and line.split()[0] in statuses]
+    stages = [words[1] for words in progress if words[0] == "running" and len(words) > 2]
+    assert {"finetune", "export"} <= set(stages) and progress[-1][0] == "succeeded"
+    assert len(progress) < 40  # not one line per poll
+    assert {"model.safetensors", "spec.json", "report.json", "report.html"} <= {p.name for p in out.iterdir()}
+    summary = json.loads(finished.stdout[finished.stdout.index("{"):])
+    assert summary["method"] == "halp"  # the default
+    report = json.loads((out / "report.json").read_text())
+    model = autoprune.load_pruned(out / "spec.json", out / "model.safetensors")
+    assert sum(p.numel() for p in model.parameters()) == report["params_after"]
