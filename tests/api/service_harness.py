@@ -164,6 +164,15 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     svc.close()
 
 
+@pytest.fixture(scope="module")
+def worker(service: Service) -> Iterator[subprocess.Popen[bytes]]:
+    """One worker for a test module, after the queue is emptied; stopped when the module ends."""
+    service.cancel_all_queued()
+    proc = service.start_worker()
+    yield proc
+    stop_process(proc)
+
+
 # --- PostgreSQL ---------------------------------------------------------------------------------
 
 

@@ -48,6 +48,18 @@ def client(service):
     return service.client(service.token("crash"))
 
 
+def finish_with_another_worker(service, job_id: str):
+    """Start a fresh worker, let it finish the job (a second attempt), stop it; the job."""
+    second = service.start_worker()
+    try:
+        job = service.wait_status(job_id, {"succeeded", "failed"}, 150)
+    finally:
+        stop_process(second)
+    assert job.status.value == "succeeded", job.error
+    assert job.attempt == 2
+    return job
+
+
 def wait_running(service, job_id: str, stages: tuple[str, ...]) -> None:
     wait_for(lambda: (j := service.job(job_id)).status.value == "running" and j.stage in stages, 120, f"stage in {stages}", 0.1)
 
@@ -62,13 +74,7 @@ def test_kill9_worker_mid_job_then_another_finishes_it_once(service, client):
     wait_for(lambda: not any(alive(pid) for pid in kids), 10, "the orphaned job process to die (PDEATHSIG)")
     assert service.job(job_id).status.value == "running"  # nobody knows yet: the lease has to expire
 
-    second = service.start_worker()
-    try:
-        job = service.wait_status(job_id, {"succeeded", "failed"}, 150)
-    finally:
-        stop_process(second)
-    assert job.status.value == "succeeded", job.error
-    assert job.attempt == 2
+    job = finish_with_another_worker(service, job_id)
     assert len(published(service, job_id)) == 1 and published(service, job_id)[0].startswith("attempt-2-")
     assert not list((service.data_dir / "jobs" / job_id).glob("*.tmp"))
     assert {a.name for a in job.artifacts} >= {"report.json", "model.safetensors"}
@@ -91,13 +97,7 @@ def test_a_requeued_job_resumes_from_its_checkpoint(service, client):
     first.wait(10)
     assert service.job(job_id).status.value == "running"
 
-    second = service.start_worker()
-    try:
-        job = service.wait_status(job_id, {"succeeded", "failed"}, 150)
-    finally:
-        stop_process(second)
-    assert job.status.value == "succeeded", job.error
-    assert job.attempt == 2
+    job = finish_with_another_worker(service, job_id)
     assert job.result["resumed"]["cuts_done"] == 1 and 1 <= job.result["resumed"]["epochs_done"] < 4
     assert [h["epoch"] for h in job.result["finetune"]["history"]] == [1, 2, 3, 4]  # nothing lost or repeated
     assert not (service.data_dir / "jobs" / job_id / "checkpoint").exists()  # dropped once the job succeeded

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 import service_harness
-from service_harness import ROOT, Service, stop_process, submit
+from service_harness import ROOT, Service, submit
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -29,6 +29,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright pac
 expect, Page = sync_api.expect, sync_api.Page
 
 service = service_harness.service  # fixture
+worker = service_harness.worker  # fixture, used by the last test only: the tests above need their jobs to stay queued
 
 # --headless etc. matter here: with no network, Chromium's background services would stall it.
 CHROMIUM_ARGS = [
@@ -187,15 +188,6 @@ def test_cancel_a_queued_job_from_its_page(page, service):
     expect(page.locator("#job-error")).to_contain_text("cancelled")
     page.screenshot(path=SHOTS / "job-cancelled.png", full_page=True)
     assert client.get(f"/jobs/{job_id}").json()["status"] == "cancelled"
-
-
-@pytest.fixture(scope="module")
-def worker(service):
-    """Started by the last test only: the tests above rely on their jobs staying queued."""
-    service.cancel_all_queued()
-    proc = service.start_worker()
-    yield proc
-    stop_process(proc)
 
 
 def test_submit_watch_report_and_download(page, service, worker, tmp_path):

@@ -12,7 +12,7 @@ import pytest
 import service_harness
 import torch
 from safetensors.torch import save_file
-from service_harness import Service, stop_process, submit, wait_for
+from service_harness import Service, submit, wait_for
 
 import autoprune
 from autoprune.data import iterate_batches, load_data
@@ -20,19 +20,12 @@ from autoprune.models import create_model
 
 postgres = service_harness.postgres  # fixture
 service = service_harness.service  # fixture
+worker = service_harness.worker  # fixture
 
 REPORT_FIELDS = {
     "arch", "method", "budget", "flops_before", "flops_after", "params_before", "params_after",
     "latency_ms_before", "latency_ms_after", "accuracy_before", "accuracy_after", "layers", "timings",
 }  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def worker(service):
-    service.cancel_all_queued()
-    proc = service.start_worker()
-    yield proc
-    stop_process(proc)
 
 
 @pytest.fixture(scope="module")

@@ -12,20 +12,13 @@ import service_harness
 import torch
 from nets import TinyResNeXt
 from onnx import TensorProto, helper, numpy_helper
-from service_harness import stop_process, submit, wait_for
+from service_harness import submit, wait_for
 
 import autoprune
 from autoprune.data import iterate_batches, load_data
 
 service = service_harness.service  # fixture
-
-
-@pytest.fixture(scope="module")
-def worker(service):
-    service.cancel_all_queued()
-    proc = service.start_worker()
-    yield proc
-    stop_process(proc)
+worker = service_harness.worker  # fixture
 
 
 @pytest.fixture(scope="module")
