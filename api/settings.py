@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     retry_backoff_s: float = 5.0
     max_job_s: float = 6 * 3600.0
     cancel_grace_s: float = 10.0
-    child_threads: int = 0  # 0: torch's default
+    child_threads: int = 0  # 0: the worker's cores divided by its concurrency
 
     # pipeline knobs the operator (not the caller) decides
     latency_repeats: int = 30

@@ -48,6 +48,9 @@ class Worker:
     def __init__(self, settings: Settings, store: JobStore, artifacts: ArtifactStore, *, concurrency: int = 1) -> None:
         self.settings, self.store, self.artifacts = settings, store, artifacts
         self.concurrency = concurrency
+        # each slot's child gets its share of the cores: N children at torch's default (all
+        # cores each) oversubscribe them, and OpenMP's barriers then stall latency and training
+        self.default_threads = max(1, len(os.sched_getaffinity(0)) // concurrency)
         self.executor = SpawnExecutor()
         self.retry = RetryStrategy(base_s=settings.retry_backoff_s)
         self.worker_id = f"{socket.gethostname()[:30]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -101,7 +104,7 @@ class Worker:
         return {
             "job_id": job.id, "spec": job.spec, "data": paths.get("data", "digits"), "weights": paths.get("weights"),
             "model": paths.get("onnx"), "out_dir": str(out), "checkpoint_dir": str(self.artifacts.checkpoint_dir(job.id)), "latency_repeats": s.latency_repeats, "calibration_batches": s.calibration_batches,
-            "threads": s.child_threads,
+            "threads": s.child_threads or self.default_threads,
         }  # fmt: skip
 
     def _run(self, job: Job) -> None:
