@@ -90,6 +90,19 @@ class Settings(BaseSettings):
                 return "postgresql+psycopg://" + url.removeprefix(prefix)
         return url
 
+    @property
+    def search_storage_url(self) -> str:
+        """Where evolution searches keep their Optuna studies (resumable, visible to every worker).
+
+        Not in the jobs' schema: Optuna versions its tables with Alembic's default table name, as
+        we do. PostgreSQL: the same database, schema ``optuna`` (migration 0002); SQLite: a file
+        of its own beside the database.
+        """
+        url = self.db_url
+        if url.startswith("postgresql"):
+            return url + ("&" if "?" in url else "?") + "options=-csearch_path%3Doptuna"
+        return f"sqlite:///{(self.data_dir / 'optuna.db').resolve()}"
+
 
 @functools.cache
 def get_settings() -> Settings:

@@ -62,6 +62,7 @@ class ProblemInputs:
     batches: Batches | None = None
     latency: Callable[[Mapping[str, int]], float] | None = None  # predicted ms of a width vector
     storage: str | None = None
+    study_name: str | None = None
     seed: int = 0
 
     @classmethod
@@ -123,6 +124,7 @@ def allocate(
         cost=cost,
         budget=limit,
         storage=inputs.storage,
+        study_name=inputs.study_name,
         seed=inputs.seed,
         **inputs.optional(allocator.needs, budget),
     )

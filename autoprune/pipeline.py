@@ -22,7 +22,7 @@ import torch_pruning
 from torch import nn
 
 from autoprune.allocate import ProblemInputs, allocate, check_method
-from autoprune.checkpoint import CheckpointDir, RunState
+from autoprune.checkpoint import CheckpointDir, RunState, fingerprint
 from autoprune.compensate import compensated_cut
 from autoprune.data import ImageData, iterate_batches, load_data
 from autoprune.errors import BudgetError, CancelledError, SurgeryError
@@ -165,8 +165,9 @@ def prune_once(
             scores = criterion.score(graph, batches if criterion.needs_data else None)
         progress("importance", 1.0, {"groups": len(graph.groups), "skipped": list(graph.skipped)})
     inputs = ProblemInputs.measure(
-        model, graph, scores, example, reference=reference, data=data, batches=batches, seed=spec.seed
-    )
+        model, graph, scores, example, reference=reference, data=data, batches=batches, seed=spec.seed,
+        storage=spec.search_storage,
+    )  # fmt: skip
     if budget.kind == "latency_ms":
         with timer("latency_table"):
             progress("latency_table", 0.0, {"runtime": budget.runtime})
@@ -181,6 +182,8 @@ def prune_once(
     for attempt in range(3):
         with timer("allocation"):
             progress("allocation", 0.0, {"method": spec.method, "attempt": attempt + 1})
+            # a stored search resumes only for the same spec and the same target
+            inputs.study_name = f"autoprune-{fingerprint(spec)[:24]}-{target.kind}-{target.value:.9g}"
             allocation = allocate(allocator_for(spec.method, budget), inputs, target)
             plan = make_plan(graph, scores, allocation.keep)
             progress("allocation", 1.0, {"predicted": allocation.cost})

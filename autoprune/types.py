@@ -157,6 +157,8 @@ class JobSpec:
     latency_repeats: int = 30
     export_onnx: bool = True
     export_pt2: bool = True
+    # an SQLAlchemy URL where evolution keeps its Optuna study: a re-run of the spec continues it
+    search_storage: str | None = None
 
     def evolve(self, **changes: Any) -> JobSpec:
         return replace(self, **changes)

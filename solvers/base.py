@@ -75,6 +75,7 @@ class AllocationProblem:
     quadratic_cost: QuadraticCost | None = None
     layer_importance: Mapping[str, float] | None = None
     storage: str | None = None  # an SQLAlchemy URL where a search may keep its study
+    study_name: str | None = None  # with ``storage``: a search finding this study continues it
     seed: int = 0
 
     def __post_init__(self) -> None:

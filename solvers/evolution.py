@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import optuna
 from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
 
 from solvers.base import Allocation, AllocationProblem, Allocator, GroupSpec, largest_feasible
 from solvers.uniform import Uniform
@@ -93,13 +94,17 @@ class Evolution(Allocator):
         free = [g for g in problem.groups if g.min_units < g.units]
         space = {g.id: FloatDistribution(g.min_units / g.units, 1.0) for g in free}
         uniform = Uniform().allocate(problem).keep
-        study_name = f"autoprune-evolution-{self.sampler}-seed{problem.seed}-{uuid.uuid4().hex[:12]}"
+        study_name = problem.study_name or f"autoprune-evolution-{self.sampler}-{uuid.uuid4().hex[:12]}"
         with _quiet_optuna(), _storage(problem.storage) as storage:
             study = optuna.create_study(
-                storage=storage, study_name=study_name, direction="maximize", sampler=self._sampler(problem.seed)
-            )
-            study.enqueue_trial({g.id: uniform[g.id] / g.channels for g in free})
-            evaluated, rejected = self._search(study, space, problem)
+                storage=storage, study_name=study_name, direction="maximize", sampler=self._sampler(problem.seed),
+                load_if_exists=True,
+            )  # fmt: skip
+            if not study.trials:
+                study.enqueue_trial({g.id: uniform[g.id] / g.channels for g in free})
+            evaluated, rejected = self._replay(study, problem)
+            resumed = len(evaluated) + len(rejected)
+            evaluated, rejected = self._search(study, space, problem, self.trials - resumed, evaluated, rejected)
         best = max(evaluated, key=lambda c: c.score)  # the first of equals: deterministic
         return Allocation(
             keep=best.keep,
@@ -109,6 +114,7 @@ class Evolution(Allocator):
                 "repair": self.repair,
                 "study_name": study_name,
                 "trials": self.trials,
+                "resumed_trials": resumed,
                 "feasible": len(evaluated),
                 "best_score": best.score,
                 "best_trial": best.trial,
@@ -123,17 +129,37 @@ class Evolution(Allocator):
             return optuna.samplers.CmaEsSampler(seed=seed, popsize=self.population, warn_independent_sampling=False)
         return optuna.samplers.NSGAIISampler(population_size=self.population, seed=seed)
 
+    @staticmethod
+    def _replay(study: optuna.Study, problem: AllocationProblem) -> tuple[list[_Evaluated], list[tuple[int, float]]]:
+        """The finished trials of a stored study (a search resumed after a crash), as _search records them."""
+        evaluated: list[_Evaluated] = []
+        rejected: list[tuple[int, float]] = []
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            candidate = trial.user_attrs["candidate"]
+            cost = candidate["cost_fraction"] * problem.budget
+            if trial.value is None or math.isinf(trial.value):
+                rejected.append((trial.number, cost))
+            else:
+                keep = {g: int(n) for g, n in candidate["keep"].items()}
+                evaluated.append(_Evaluated(keep=keep, cost=cost, score=float(trial.value), trial=trial.number))
+        return evaluated, rejected
+
     def _search(
-        self, study: optuna.Study, space: dict[str, FloatDistribution], problem: AllocationProblem
+        self,
+        study: optuna.Study,
+        space: dict[str, FloatDistribution],
+        problem: AllocationProblem,
+        trials: int,
+        evaluated: list[_Evaluated],
+        rejected: list[tuple[int, float]],
     ) -> tuple[list[_Evaluated], list[tuple[int, float]]]:
-        """Ask, repair or reject, evaluate, tell; the evaluated candidates and the rejected (trial, cost).
+        """Ask, repair or reject, evaluate, tell ``trials`` more times, appending to the two lists:
+        the evaluated candidates and the rejected (trial, cost).
 
         The first trial is the enqueued uniform allocation, which is feasible, so the evaluated
         list is never empty and starts with it; both lists are in trial order.
         """
-        evaluated: list[_Evaluated] = []
-        rejected: list[tuple[int, float]] = []
-        for _ in range(self.trials):
+        for _ in range(max(0, trials)):
             trial = study.ask(space)
             units = self._candidate(problem, trial.params)
             keep = problem.channels(units)

@@ -33,7 +33,9 @@ def log_utility(keep):
     return sum(ALPHA[g] * math.log(keep[g]) for g in ALPHA)
 
 
-def linear_problem(budget=60.0, seed=0, evaluate=log_utility, channels=40, blocks=1, min_units=1, storage=None):
+def linear_problem(
+    budget=60.0, seed=0, evaluate=log_utility, channels=40, blocks=1, min_units=1, storage=None, study_name=None
+):
     groups = tuple(GroupSpec(id=g, channels=channels, blocks=blocks, min_units=min_units) for g in ALPHA)
     return AllocationProblem(
         groups=groups,
@@ -42,6 +44,7 @@ def linear_problem(budget=60.0, seed=0, evaluate=log_utility, channels=40, block
         budget=budget,
         evaluate=evaluate,
         storage=storage,
+        study_name=study_name,
         seed=seed,
     )
 
@@ -249,3 +252,33 @@ def test_evolution_with_adaptive_bn_meets_a_macs_budget_and_refuses_one_percent(
     assert allocation.diagnostics["best_score"] == evaluate(allocation.keep)
     with pytest.raises(InfeasibleBudget):
         Evolution().allocate(problem(0.01, lambda keep: pytest.fail("an infeasible budget must not be searched")))
+
+
+class Crash(Exception):
+    pass
+
+
+def test_a_stored_search_interrupted_midway_continues_where_it_stopped(tmp_path):
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    calls = []
+
+    def crashing(keep):
+        if len(calls) == 5:
+            raise Crash  # the process dies during its 6th evaluation
+        calls.append(dict(keep))
+        return log_utility(keep)
+
+    with pytest.raises(Crash):
+        Evolution(trials=12, population=4).allocate(linear_problem(storage=url, study_name="job-1", evaluate=crashing))
+    first = list(calls)
+    calls.clear()
+    allocation = Evolution(trials=12, population=4).allocate(
+        linear_problem(storage=url, study_name="job-1", evaluate=lambda keep: calls.append(dict(keep)) or log_utility(keep))
+    )
+    assert allocation.diagnostics["resumed_trials"] == 5  # repair: every trial is evaluated, none rejected
+    assert len(calls) == 12 - 5  # only the missing trials are evaluated again
+    study = optuna.load_study(study_name="job-1", storage=url)
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 12
+    assert allocation.diagnostics["uniform_score"] == log_utility(first[0])  # trial 0 from the first process
+    best = max(first + calls, key=log_utility)
+    assert allocation.diagnostics["best_score"] == pytest.approx(log_utility(best))

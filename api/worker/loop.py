@@ -105,6 +105,7 @@ class Worker:
             "job_id": job.id, "spec": job.spec, "data": paths.get("data", "digits"), "weights": paths.get("weights"),
             "model": paths.get("onnx"), "out_dir": str(out), "checkpoint_dir": str(self.artifacts.checkpoint_dir(job.id)), "latency_repeats": s.latency_repeats, "calibration_batches": s.calibration_batches,
             "threads": s.child_threads or self.default_threads,
+            "search_storage": s.search_storage_url,
         }  # fmt: skip
 
     def _run(self, job: Job) -> None:

@@ -157,3 +157,25 @@ def test_counts_and_durations(store):
     assert store.counts() == {"queued": 1, "succeeded": 1}
     (duration,) = store.durations()
     assert 0 <= duration < 60
+
+
+def test_evolution_studies_live_beside_the_jobs_without_touching_their_schema(store, db_url, tmp_path):
+    """Optuna versions its tables with Alembic's default table name too: it must not see ours."""
+    import numpy as np
+
+    from api.settings import Settings
+    from solvers.base import AllocationProblem, GroupSpec
+    from solvers.evolution import Evolution
+
+    url = Settings(data_dir=tmp_path, database_url=db_url).search_storage_url
+    groups = tuple(GroupSpec(id=g, channels=8, blocks=1, min_units=1) for g in "ab")
+    problem = AllocationProblem(
+        groups=groups, scores={g: np.ones(8) for g in "ab"}, cost=lambda keep: keep["a"] + 2 * keep["b"], budget=12.0,
+        evaluate=lambda keep: keep["a"] * keep["b"], storage=url, study_name="job-x", seed=0,
+    )  # fmt: skip
+    first = Evolution(trials=4, population=2).allocate(problem)
+    again = Evolution(trials=4, population=2).allocate(problem)  # the stored study is complete: nothing to run
+    assert again.diagnostics["resumed_trials"] == 4 and again.keep == first.keep
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+    assert store.get(new(store), "alice") is not None  # the jobs' tables still work
