@@ -45,9 +45,11 @@ browser:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
 	else echo "/usr/bin/chromium not found and not root: the dashboard test will be skipped"; fi
 
+# The benchmark suite's CPU setting (ResNet-20, seed 0; resumable, cached in bench/.cache) and the
+# fidelity checks; writes bench/results/RESULTS.md. Options: `make bench BENCH_ARGS="--archs ... --seeds 0,1"`.
 bench: $(STAMP)
-	$(VENV)/bin/python bench/resnet20_cifar10.py
-	$(VENV)/bin/python bench/methods_cifar10.py
+	$(VENV)/bin/python bench/fidelity.py
+	$(VENV)/bin/python bench/suite.py $(BENCH_ARGS)
 
 # Load on the job service over loopback (wrk against GET /jobs/{id}, 50 MiB submissions); needs `wrk`.
 bench-load: $(STAMP)

@@ -14,6 +14,16 @@ pools, a final ``AvgPool2d(2)`` turning the 2×2 map into 1×1, then
 ``Linear(512, 512) → BN1d → ReLU → Linear(512, num_classes)``. At 32×32 with 10 classes the BN
 variant has 313.46 M conv + linear MACs and 14.99 M params (14,987,722); HRank's 313.73 M
 FLOPs / 14.98 M additionally count one op per BatchNorm2d output element (0.28 M).
+
+MobileNetV2 uses the usual CIFAR strides (kuangliu/pytorch-cifar's): stride 1 in the stem and in
+the 24-wide stage, so a 32×32 input ends at 4×4 instead of 1×1. The blocks are Sandler et al.'s
+inverted residuals as torchvision builds them (1×1 expand → BN → ReLU6 → 3×3 depthwise → BN →
+ReLU6 → 1×1 linear projection → BN; identity residual only when the stride is 1 and the width is
+unchanged; no expansion conv when the factor is 1), with the ImageNet widths (32, 16, 24, 32, 64,
+96, 160, 320, 1280). kuangliu's version differs there: ReLU, a 1×1 projection shortcut where the
+width changes, an expansion conv in the first block. Global average pooling (not a fixed 4×4
+pool) lets smaller inputs run. At 32×32 with 10 classes: 87.98 M conv + linear MACs, 2.24 M
+params (2,236,682).
 """
 
 from __future__ import annotations
@@ -147,3 +157,65 @@ def cifar_vgg16(num_classes: int = 10, in_channels: int = 3) -> CifarVGG:
 
 def cifar_vgg16_bn(num_classes: int = 10, in_channels: int = 3) -> CifarVGG:
     return CifarVGG(True, num_classes, in_channels)
+
+
+# (expansion factor, output width, blocks, stride of the first block); ImageNet's second stage has
+# stride 2, the CIFAR variant 1 (as does its stem), so 32×32 inputs end at 4×4.
+MOBILENETV2_CFG: tuple[tuple[int, int, int, int], ...] = (
+    (1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1),
+)  # fmt: skip
+
+
+def _conv_bn(
+    in_planes: int, planes: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True
+) -> nn.Sequential:
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_planes, planes, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(planes),
+    ]
+    if act:
+        layers.append(nn.ReLU6(inplace=False))
+    return nn.Sequential(*layers)
+
+
+class InvertedResidual(nn.Module):
+    """Expand (1×1) → depthwise 3×3 → linear projection (1×1); identity residual when shapes match."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int, expansion: int) -> None:
+        super().__init__()
+        hidden = in_planes * expansion
+        layers: list[nn.Module] = []
+        if expansion != 1:
+            layers.append(_conv_bn(in_planes, hidden, 1))
+        layers += [_conv_bn(hidden, hidden, 3, stride, groups=hidden), _conv_bn(hidden, planes, 1, act=False)]
+        self.conv = nn.Sequential(*layers)
+        self.residual = stride == 1 and in_planes == planes
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.conv(x)
+        return x + out if self.residual else out
+
+
+class CifarMobileNetV2(nn.Module):
+    """MobileNetV2 for 32×32 inputs (see the module docstring)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [_conv_bn(in_channels, 32, 3)]
+        width = 32
+        for expansion, planes, blocks, stride in MOBILENETV2_CFG:
+            for i in range(blocks):
+                layers.append(InvertedResidual(width, planes, stride if i == 0 else 1, expansion))
+                width = planes
+        layers.append(_conv_bn(width, 1280, 1))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(1280, num_classes)
+        _init_weights(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.avgpool(self.features(x)).flatten(1))
+
+
+def cifar_mobilenetv2(num_classes: int = 10, in_channels: int = 3) -> CifarMobileNetV2:
+    return CifarMobileNetV2(num_classes, in_channels)

@@ -27,6 +27,7 @@ for _builder in (
     cifar.resnet110,
     cifar.cifar_vgg16,
     cifar.cifar_vgg16_bn,
+    cifar.cifar_mobilenetv2,
 ):
     ARCHS.register(_builder.__name__)(_builder)
 

@@ -1,0 +1,137 @@
+"""Reference models: trained once per arch (resumable per epoch), exported and timed like a run.
+
+A baseline is ``<arch>-cifar10-e<epochs>-s<seed>.safetensors`` plus a ``.json`` with its recipe,
+accuracy and training time. While it trains, ``.train.pt`` holds the weights and the optimizer,
+schedule and random-generator states after the last finished epoch (tensors and plain containers,
+read back with ``weights_only=True``), so a killed training continues from that epoch with the
+same batches and learning rates as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import load_average, read_json
+from settings import BASELINE_SEED, LATENCY_BATCHES, Settings, baseline_config, baseline_recipe_text
+from torch import nn
+
+from autoprune.data import ImageData, load_data
+from autoprune.export import ModelSpec, export_onnx, load_pruned, read_spec, save_weights, write_json
+from autoprune.finetune import evaluate, finetune
+from autoprune.measure import onnx_latency_ms, torch_latency_ms
+from autoprune.models import create_model, load_weights
+
+
+def baseline_path(settings: Settings, arch: str) -> Path:
+    epochs = settings.recipe(arch).baseline_epochs
+    return settings.baselines / f"{arch}-cifar10-e{epochs}-s{BASELINE_SEED}.safetensors"
+
+
+def train_baseline(settings: Settings, arch: str) -> tuple[Path, dict[str, Any]]:
+    """The cached baseline of ``arch``, training it first (or finishing its training) if needed."""
+    weights = baseline_path(settings, arch)
+    meta_path, state_path = weights.with_suffix(".json"), weights.with_suffix(".train.pt")
+    if meta_path.exists():  # written last
+        return weights, read_json(meta_path)
+    recipe = settings.recipe(arch)
+    cfg = baseline_config(recipe)
+    data = load_data(settings.data_ref)
+    torch.manual_seed(BASELINE_SEED)
+    model = create_model(arch, num_classes=data.num_classes, in_channels=data.input_shape[0])
+    resume, seconds = None, 0.0
+    if state_path.exists():
+        saved = torch.load(state_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(saved["weights"])
+        resume, seconds = saved["training"], float(saved["seconds"])
+        print(f"{arch}: resuming baseline training after epoch {len(resume['history'])}", flush=True)
+    start = time.perf_counter() - seconds
+
+    def save_epoch(training: dict[str, Any]) -> None:
+        payload = {"weights": model.state_dict(), "training": training, "seconds": time.perf_counter() - start}
+        tmp = state_path.with_name(f".{state_path.name}.{os.getpid()}.tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, state_path)  # atomic: a kill leaves the previous epoch's state or this one
+        last = training["history"][-1]
+        print(
+            f"  [{time.strftime('%H:%M:%S')}] {arch} baseline: epoch {last['epoch']}/{cfg.epochs}, "
+            f"loss {last['loss']:.3f}, train top-1 {last['train_accuracy']:.3f}, "
+            f"{time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
+
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    print(f"{arch}: training the baseline ({baseline_recipe_text(recipe)})", flush=True)
+    stats = finetune(model, data, cfg, seed=BASELINE_SEED, resume=resume, on_epoch=save_epoch)
+    result = evaluate(model, data)
+    save_weights(model, weights, ModelSpec.for_data(arch, data))
+    meta = {
+        "arch": arch,
+        "accuracy": result.accuracy,
+        "loss": result.loss,
+        "epochs": recipe.baseline_epochs,
+        "seed": BASELINE_SEED,
+        "history": [{"epoch": s.epoch, "loss": s.loss, "train_accuracy": s.train_accuracy, "lr": s.lr} for s in stats],
+        "weights": str(weights),
+        "seconds": time.perf_counter() - start,
+        "recipe": baseline_recipe_text(recipe),
+        "config": cfg.to_dict(),
+        "data": settings.data_ref,
+        "threads": torch.get_num_threads(),
+    }
+    meta_path.write_text(json.dumps(meta, indent=2))
+    state_path.unlink(missing_ok=True)
+    print(f"{arch}: baseline top-1 {result.accuracy:.4f} after {meta['seconds']:.0f} s", flush=True)
+    return weights, meta
+
+
+def load_baseline(arch: str, weights: Path, data: ImageData) -> nn.Module:
+    model = create_model(arch, num_classes=data.num_classes, in_channels=data.input_shape[0])
+    load_weights(model, weights)
+    return model.eval()
+
+
+def baseline_bundle(settings: Settings, arch: str, weights: Path, data: ImageData) -> Path:
+    """The unpruned model exported like a run (weights, ONNX, spec.json), so it is timed the same way."""
+    out = settings.runs / f"{arch}-baseline"
+    if not (out / "spec.json").exists():  # written last
+        out.mkdir(parents=True, exist_ok=True)
+        model = load_baseline(arch, weights, data)
+        spec = ModelSpec.for_data(arch, data)
+        save_weights(model, out / "model.safetensors", spec)
+        export_onnx(model, out / "model.onnx", spec.example_input())
+        write_json(out / "spec.json", spec.to_dict())
+    return out
+
+
+def measure_latency(bundle: Path, threads: int, repeats: int) -> dict[str, Any]:
+    """Median ms of the exported model in torch and onnxruntime at each batch size; saved as latency.json.
+
+    The load average before and after is kept with it: on a shared machine timings follow it.
+    """
+    spec = read_spec(bundle / "spec.json")
+    model = load_pruned(spec, bundle / "model.safetensors")
+    out: dict[str, Any] = {"threads": threads, "repeats": repeats, "torch": {}, "onnxruntime": {}}
+    load_before = load_average()
+    for batch in LATENCY_BATCHES:
+        timing = dict(batch_size=batch, repeats=repeats, threads=threads)
+        out["torch"][str(batch)] = torch_latency_ms(model, spec.input_shape, **timing)
+        out["onnxruntime"][str(batch)] = onnx_latency_ms(bundle / "model.onnx", spec.input_shape, **timing)
+    out["load_average"] = max(load_before, load_average())
+    out["date"] = time.strftime("%Y-%m-%d %H:%M")
+    write_json(bundle / "latency.json", out)
+    return out
+
+
+def latency_of(bundle: Path, threads: int, repeats: int, *, remeasure: bool) -> dict[str, Any]:
+    """latency.json if it was timed with these threads (and not ``remeasure``), else a fresh timing."""
+    path = bundle / "latency.json"
+    if path.exists() and not remeasure:
+        cached = read_json(path)
+        if cached.get("threads") == threads:
+            return cached
+    return measure_latency(bundle, threads, repeats)

@@ -1,0 +1,152 @@
+"""The suite's cells: one method at one budget on one arch and seed, run once and cached.
+
+A run lives in ``<runs>/<arch>-<method>-<criterion>-<budget>-<fine-tune tag>-s<seed>/``
+(report.json, model.safetensors, spec.json, model.onnx, latency.json, bench.json; error.txt if it
+failed) and is skipped when its report exists and was made from the current baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common import read_json, stage_printer
+from settings import Settings, finetune_config
+from tp_baselines import TP_IMPORTANCE, tp_run
+
+from autoprune import pipeline
+from autoprune.data import ImageData
+from autoprune.types import Budget, JobSpec
+
+LATENCY_METHOD = ("halp", "taylor")
+REPORT_KEYS = (
+    "method", "criterion", "budget", "accuracy_before", "accuracy_pruned", "accuracy_after", "macs_before",
+    "macs_after", "flops_ratio", "params_before", "params_after", "timings", "allocation", "layers",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Run:
+    """One cell: an allocator and criterion at one budget on one arch.
+
+    ``kind`` is ``main`` (the methods table), ``latency`` (HALP's latency budget) or ``high``
+    (the high-compression fidelity check).
+    """
+
+    arch: str
+    method: str
+    criterion: str
+    budget: Budget
+    label: str  # "flops=0.5", or "latency=0.8x" for 0.8 × the unpruned model's measured latency
+    kind: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}:{self.criterion}"
+
+    def directory(self, settings: Settings, seed: int) -> Path:
+        tag = settings.recipe(self.arch).finetune_tag
+        return settings.runs / f"{self.arch}-{self.method}-{self.criterion}-{self.label}-{tag}-s{seed}"
+
+
+def parse_methods(text: str) -> list[tuple[str, str]]:
+    out = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        method, sep, criterion = item.partition(":")
+        if not sep or not method or not criterion:
+            raise SystemExit(f"methods look like global:taylor, not {item!r}")
+        if method == "tp" and criterion not in TP_IMPORTANCE:
+            raise SystemExit(f"tp criterion must be one of {', '.join(TP_IMPORTANCE)}, not {criterion!r}")
+        out.append((method, criterion))
+    return out
+
+
+def parse_budgets(text: str) -> list[Budget]:
+    return [Budget.parse(part.strip()) for part in text.split(",") if part.strip()]
+
+
+def planned_runs(arch: str, args: argparse.Namespace, latency_target_ms: float) -> list[Run]:
+    """Methods × MACs budgets, HALP at a latency budget (unless --latency-fraction 0), then the
+    high-compression check (unless --high-budgets is empty)."""
+    runs = [
+        Run(arch, m, c, budget, str(budget), "main")
+        for budget in parse_budgets(args.budgets)
+        for m, c in parse_methods(args.methods)
+    ]
+    if args.latency_fraction > 0:
+        budget = Budget(
+            kind="latency_ms", value=latency_target_ms, runtime=args.latency_runtime, batch_size=args.latency_batch
+        )
+        runs.append(Run(arch, *LATENCY_METHOD, budget, f"latency={args.latency_fraction:g}x", "latency"))
+    runs += [
+        Run(arch, m, c, budget, str(budget), "high")
+        for budget in parse_budgets(args.high_budgets)
+        for m, c in parse_methods(args.high_methods)
+    ]
+    return runs
+
+
+def is_done(run: Run, settings: Settings, seed: int, weights: Path) -> bool:
+    """A report made from this baseline (runs from before bench.json existed used the only one there was)."""
+    out = run.directory(settings, seed)
+    if not (out / "report.json").exists():
+        return False
+    marker = out / "bench.json"
+    return not marker.exists() or read_json(marker).get("baseline") == weights.name
+
+
+def execute(run: Run, settings: Settings, weights: Path, data: ImageData, seed: int) -> dict[str, Any]:
+    out = run.directory(settings, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").unlink(missing_ok=True)  # a stale report (other baseline) must not survive a failure
+    cfg = finetune_config(settings.recipe(run.arch))
+    start = time.perf_counter()
+    if run.method == "tp":
+        report = tp_run(run.arch, run.criterion, run.budget, weights, data, settings.data_ref, cfg, seed, out)
+    else:
+        spec = JobSpec(
+            arch=run.arch,
+            weights=str(weights),
+            data=settings.data_ref,
+            budget=run.budget,
+            method=run.method,
+            criterion=run.criterion,
+            finetune=cfg,
+            seed=seed,
+            latency_repeats=settings.latency_repeats,
+            export_pt2=False,
+            out_dir=str(out),
+        )
+        report = pipeline.run(spec, progress=stage_printer(run.name))
+    seconds = time.perf_counter() - start
+    (out / "bench.json").write_text(json.dumps({"baseline": weights.name, "wall_seconds": round(seconds, 1)}))
+    print(
+        f"{run.arch} {run.name} {run.label} s{seed}: top-1 {report['accuracy_after']:.4f}, "
+        f"MACs {report['flops_ratio']:.3f}, {seconds:.0f} s; stages {report['timings']}",
+        flush=True,
+    )
+    return report
+
+
+def collect(run: Run, settings: Settings, seed: int, latency: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A run's row for the results: its report's keys, the latency timed here, or its error."""
+    out = run.directory(settings, seed)
+    row: dict[str, Any] = {
+        "arch": run.arch, "run": out.name, "name": run.name, "label": run.label, "kind": run.kind,
+        "budget_kind": run.budget.kind, "seed": seed,
+    }  # fmt: skip
+    if (out / "report.json").exists():
+        report = read_json(out / "report.json")
+        row.update({k: report[k] for k in REPORT_KEYS}, latency_ms=latency)
+        if (out / "bench.json").exists():
+            row["wall_seconds"] = read_json(out / "bench.json").get("wall_seconds")
+    elif (out / "error.txt").exists():
+        row["error"] = "failed: " + (out / "error.txt").read_text().strip().splitlines()[-1]
+    else:
+        row["error"] = "not run"
+    return row
