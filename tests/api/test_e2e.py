@@ -127,7 +127,9 @@ def test_autoprune_submit_waits_with_progress_and_downloads(service, worker, wei
     statuses = ("queued", "running", "succeeded", "failed", "cancelled")
     progress = [line.split() for line in lines if line.startswith("    ") and line.split()[0] in statuses]
     stages = [words[1] for words in progress if words[0] == "running" and len(words) > 2]
-    assert {"finetune", "export"} <= set(stages) and progress[-1][0] == "succeeded"
+    assert stages and set(stages) <= {"intake", "baseline", "importance", "latency_table", "allocation", "surgery",
+                                      "finetune", "export", "done"}  # the polls see some stages (1 s apart)
+    assert progress[-1][0] == "succeeded"
     assert len(progress) < 40  # not one line per poll
     assert {"model.safetensors", "spec.json", "report.json", "report.html"} <= {p.name for p in out.iterdir()}
     summary = json.loads(finished.stdout[finished.stdout.index("{"):])
