@@ -35,8 +35,8 @@ def _free_port() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m api.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--dir", default="demo-service", help="data dir (SQLite, uploads, artifacts)")
-    parser.add_argument("--train-epochs", type=int, default=4, help="baseline epochs trained before submitting")
-    parser.add_argument("--finetune-epochs", type=int, default=2, help="fine-tune epochs of the job")
+    parser.add_argument("--train-epochs", type=int, default=12, help="baseline epochs trained before submitting")
+    parser.add_argument("--finetune-epochs", type=int, default=4, help="fine-tune epochs of the job")
     args = parser.parse_args(argv)
     root = Path(args.dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
