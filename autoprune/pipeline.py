@@ -365,6 +365,8 @@ def run(
             "threads": torch.get_num_threads(),
             "before": latency_before,
             "after": latency_after,
+            # a latency budget's unpruned latency, measured when the job started (what it pruned from)
+            "budget_reference_ms": state.reference.get("latency_ms"),
         },
         "accuracy_before": eval_before.accuracy,
         "accuracy_pruned": state.pruned_eval["accuracy"] if state.pruned_eval else eval_before.accuracy,
