@@ -115,6 +115,17 @@ def test_a_pruned_model_slower_than_the_original_is_flagged(itpruner_run, tmp_pa
     assert '<span class="bad">0.80×</span>' in page
 
 
+def test_a_latency_budget_shows_what_it_was_measured_against(itpruner_run, tmp_path):
+    report = copy.deepcopy(itpruner_run)
+    report["budget"] = {"latency_ms": 1.5, "runtime": "onnxruntime", "batch_size": 1}
+    report["allocation"][-1]["achieved"] = 1.234
+    report["latency"]["budget_reference_ms"] = 2.5
+    write_report_files(tmp_path, report)
+    page = (tmp_path / "report.html").read_text()
+    assert "latency ≤ 1.5 ms (onnxruntime, batch 1)" in page
+    assert "1.234 ms (measured on the whole pruned model; the unpruned model measured 2.500 ms" in page
+
+
 def test_the_page_is_self_contained(written):
     out, _, page = written
     found = tags(page)

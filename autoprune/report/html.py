@@ -333,7 +333,9 @@ def _reached(report: Mapping[str, Any]) -> str | None:
         return None
     achieved = steps[-1]["achieved"]
     if budget.kind == "latency_ms":
-        return f"{achieved:.3f} ms (measured on the whole pruned model)"
+        reference = (report.get("latency") or {}).get("budget_reference_ms")
+        start = f"; the unpruned model measured {reference:.3f} ms when the job started" if reference else ""
+        return f"{achieved:.3f} ms (measured on the whole pruned model{start})"
     return f"{_pct(achieved, 2)} (measured on the pruned model)"
 
 
