@@ -344,7 +344,7 @@ def run(
 
     report = {
         "arch": model_spec.arch,
-        "data": spec.data,
+        "data": spec.data_label or spec.data,
         "method": spec.method,
         "criterion": diagnostics[0]["criterion"],
         "budget": spec.budget.to_dict(),

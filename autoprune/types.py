@@ -159,6 +159,8 @@ class JobSpec:
     export_pt2: bool = True
     # an SQLAlchemy URL where evolution keeps its Optuna study: a re-run of the spec continues it
     search_storage: str | None = None
+    # how the report names the data when ``data`` is a path the user should not see (a server's)
+    data_label: str | None = None
 
     def evolve(self, **changes: Any) -> JobSpec:
         return replace(self, **changes)

@@ -51,7 +51,7 @@ def main(payload: dict[str, Any], conn: Connection, stop: Event) -> None:
             payload["spec"], data=payload["data"], weights=payload["weights"], out_dir=payload["out_dir"],
             latency_repeats=payload["latency_repeats"], calibration_batches=payload["calibration_batches"],
             model_file=payload["model"],
-        ).evolve(search_storage=payload["search_storage"])  # fmt: skip
+        ).evolve(search_storage=payload["search_storage"], data_label=payload["data_label"])  # fmt: skip
         pipeline.run(spec, progress=progress, should_stop=stop.is_set, checkpoint_dir=payload["checkpoint_dir"])
         reply: tuple[Any, ...] = ("done",)
     except CancelledError:

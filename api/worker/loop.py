@@ -106,6 +106,7 @@ class Worker:
             "model": paths.get("onnx"), "out_dir": str(out), "checkpoint_dir": str(self.artifacts.checkpoint_dir(job.id)), "latency_repeats": s.latency_repeats, "calibration_batches": s.calibration_batches,
             "threads": s.child_threads or self.default_threads,
             "search_storage": s.search_storage_url,
+            "data_label": job.inputs.get("data", {}).get("filename") or job.spec.get("dataset") or "digits",
         }  # fmt: skip
 
     def _run(self, job: Job) -> None:

@@ -71,6 +71,8 @@ def test_digits_job_end_to_end(service, worker, weights, tmp_path):
         assert hashlib.sha256(data.content).hexdigest() == artifact["sha256"] == data.headers["x-content-sha256"]
         (tmp_path / artifact["name"]).write_bytes(data.content)
 
+    assert report["data"] == "digits"
+    assert str(service.data_dir) not in (tmp_path / "report.json").read_text()  # no server paths for the user
     model = autoprune.load_pruned(tmp_path / "spec.json", tmp_path / "model.safetensors").eval()
     x, _ = next(iter(iterate_batches(load_data("digits"), "test", 16)))
     with torch.inference_mode():
