@@ -158,6 +158,7 @@ class HALP(Allocator):
                 "solves": solves,
                 "steps": len(targets),
                 "predicted": cost,
+                "predicted_unpruned": full,
                 "value": value,
             },
         )

@@ -108,10 +108,11 @@ def test_halp_meets_a_measured_latency_target(tmp_path, trained_resnet20):
     report = run(spec(tmp_path, trained_resnet20, method="halp", budget=Budget(kind="latency_ms", value=target), finetune=FinetuneConfig(epochs=0), latency_repeats=30, export_onnx=False, export_pt2=False))
     step = report["allocation"][0]
     assert step["achieved"] <= target  # measured on the whole pruned model by the pipeline
-    # it pruned whenever the unpruned model missed the target by the pipeline's own timing (other
-    # work on a shared machine can make the two timings of the same model differ by more than 30%)
-    if report["latency"]["budget_reference_ms"] > 1.05 * target:
-        assert report["flops_ratio"] < 0.95
+    # Whenever its latency table says the unpruned model misses the target, HALP must cut. (Judged
+    # on the table, not on a second timing: other work on a shared machine moves timings by 30%.)
+    assert report["latency"]["budget_reference_ms"] > 0
+    if step["predicted_unpruned"] > step["target"]:
+        assert step["predicted"] <= step["target"] and report["flops_ratio"] < 1.0
 
 
 def test_nap_obs_compensation_recovers_accuracy_before_any_finetuning(tmp_path, trained_resnet20):
