@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import os
-import sys
 from typing import Any
 
 from autoprune.types import DEFAULT_METHOD
@@ -121,18 +120,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _submit(client: Any, fields: dict[str, str], files: dict[str, str], args: argparse.Namespace) -> int:
-    from api.client import ProgressLine
-
     with client:
         job = client.submit(fields, files)
         print(f"submitted job {job['id']} ({job['status']})")
         if not args.wait:
             return 0
-        progress = ProgressLine()
-        job = client.wait(job["id"], on_update=progress)
-        progress.close()
+        job = client.follow(job["id"])
         if job["status"] != "succeeded":
-            print(f"job {job['id']} {job['status']}: {job['error']}: {job['error_detail']}", file=sys.stderr)
             return 1
         if args.download:
             for name in client.download_all(job["id"], args.download):

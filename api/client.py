@@ -83,6 +83,15 @@ class Client:
                 return job
             time.sleep(poll_s)
 
+    def follow(self, job_id: str) -> dict[str, Any]:
+        """Wait for the job, printing its progress; a job that did not succeed is told on stderr."""
+        progress = ProgressLine()
+        job = self.wait(job_id, on_update=progress)
+        progress.close()
+        if job["status"] != "succeeded":
+            print(f"job {job_id} {job['status']}: {job['error']}: {job['error_detail']}", file=sys.stderr)
+        return job
+
     def download_all(self, job_id: str, directory: str | Path) -> list[str]:
         """Download every artifact, checking each file's SHA-256 against the listing."""
         out = Path(directory)

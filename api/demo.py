@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from api.client import Client, ProgressLine
+from api.client import Client
 from autoprune.types import DEFAULT_METHOD
 
 
@@ -67,11 +67,8 @@ def main(argv: list[str] | None = None) -> int:
                       "finetune": json.dumps({"epochs": args.finetune_epochs})}  # fmt: skip
             job = client.submit(fields, {"weights": str(weights)})
             print(f"3/4 submitted job {job['id']}; polling GET /jobs/{job['id']}")
-            progress = ProgressLine()
-            job = client.wait(job["id"], on_update=progress)
-            progress.close()
+            job = client.follow(job["id"])
             if job["status"] != "succeeded":
-                print(f"job {job['status']}: {job['error']}: {job['error_detail']}", file=sys.stderr)
                 return 1
             out = root / "artifacts"
             names = client.download_all(job["id"], out)
