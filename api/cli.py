@@ -43,6 +43,9 @@ def add_commands(sub: Any) -> None:
     submit.add_argument("--method", default=DEFAULT_METHOD, help=f"allocator (default {DEFAULT_METHOD})")
     submit.add_argument("--criterion", help="channel importance (default: the method's)")
     submit.add_argument("--finetune", default="{}", help='fine-tune JSON, e.g. {"epochs": 2}')
+    submit.add_argument("--search-workers", type=int, default=1,
+                        help="evolution: worker slots that share the search (default 1)")  # fmt: skip
+    submit.add_argument("--search-trials", type=int, help="evolution: candidates the search evaluates (default 60)")
     submit.add_argument("--wait", action="store_true", help="poll until the job finishes, showing progress")
     submit.add_argument("--download", metavar="DIR", help="with --wait: download every artifact into DIR")
     submit.set_defaults(func=cmd_submit)
@@ -107,9 +110,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     if not args.token:
         raise SystemExit("error: give --token or set AUTOPRUNE_TOKEN (autoprune token create --owner NAME)")
-    fields = {"arch": args.arch, "budget": args.budget, "method": args.method, "finetune": args.finetune}
+    fields = {"arch": args.arch, "budget": args.budget, "method": args.method, "finetune": args.finetune,
+              "search_workers": str(args.search_workers)}  # fmt: skip
     if args.criterion:
         fields["criterion"] = args.criterion
+    if args.search_trials is not None:
+        fields["search_trials"] = str(args.search_trials)
     if not args.data:
         fields["dataset"] = args.dataset
     files = {k: v for k, v in (("weights", args.weights), ("data", args.data)) if v}

@@ -18,6 +18,8 @@ class SpecError(AutopruneError):
     code = "invalid_spec"
 
 
+MAX_SEARCH_WORKERS = 8  # worker slots one evolution search may take: the lead and its helpers
+MAX_SEARCH_TRIALS = 2000  # candidates one evolution search may evaluate
 ONNX_ARCH = "onnx"  # the stored arch of a job whose model is its uploaded ONNX graph
 ONNX_PREFIX = "onnx:"  # autoprune.models.onnx_graph.ONNX_PREFIX; importing it would pull in torch
 
@@ -44,21 +46,45 @@ def to_jobspec(
         if model_file is None:
             raise SpecError("this job's ONNX graph is missing")
         arch = ONNX_PREFIX + model_file
+    budget = Budget.from_dict(spec["budget"])
+    search_helpers(spec, budget)
     try:
         finetune = FinetuneConfig(**spec.get("finetune", {}))
     except TypeError as exc:
         raise SpecError(f"finetune: {exc}".replace("FinetuneConfig.__init__() ", "")) from None
     except ValueError as exc:
         raise SpecError(str(exc)) from None
+    trials = spec.get("search_trials")
+    if trials is not None and (isinstance(trials, bool) or not isinstance(trials, int) or not 1 <= trials <= MAX_SEARCH_TRIALS):
+        raise SpecError(f"search_trials must be an integer from 1 to {MAX_SEARCH_TRIALS}, not {trials!r}")
+    if trials is not None and spec.get("method") != "evolution":
+        raise SpecError(f"search_trials sets the evolution search; method {spec.get('method')!r} has none")
     return JobSpec(
         arch=arch,
         data=data,
         weights=weights,
-        budget=Budget.from_dict(spec["budget"]),
+        budget=budget,
         method=spec["method"],
         criterion=spec.get("criterion"),
         finetune=finetune,
+        search_trials=trials,
         out_dir=out_dir,
         latency_repeats=latency_repeats,
         calibration_batches=calibration_batches,
     )
+
+
+def search_helpers(spec: dict[str, Any], budget: Budget) -> int:
+    """Helper rows to queue with the job: ``search_workers - 1`` slots join its evolution search.
+
+    Only a MACs or params budget can be shared: a latency table is measured per process, so
+    two processes would price the same candidate differently.
+    """
+    workers = spec.get("search_workers", 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_SEARCH_WORKERS:
+        raise SpecError(f"search_workers must be an integer from 1 to {MAX_SEARCH_WORKERS}, not {workers!r}")
+    if workers > 1 and spec.get("method") != "evolution":
+        raise SpecError(f"search_workers > 1 spreads an evolution search; method {spec.get('method')!r} has none")
+    if workers > 1 and budget.kind == "latency_ms":
+        raise SpecError("search_workers > 1 needs a flops or params budget: latency tables are measured per process")
+    return workers - 1

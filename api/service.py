@@ -19,11 +19,11 @@ from starlette.concurrency import run_in_threadpool
 from api.artifacts import ArtifactStore
 from api.errors import ApiError
 from api.jobs import Job, JobStatus, JobStore, NewJob
-from api.jobspec import ONNX_ARCH, ONNX_PREFIX, to_jobspec
+from api.jobspec import ONNX_ARCH, ONNX_PREFIX, search_helpers, to_jobspec
 from api.settings import Settings
 from api.uploads import Form
 from api.validator import Validator
-from autoprune.types import DEFAULT_METHOD
+from autoprune.types import DEFAULT_METHOD, Budget
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 REFUSED_WEIGHTS = (".pt2", ".ts", ".jit", ".pkl", ".pickle", ".onnx", ".joblib", ".npy")
@@ -60,6 +60,8 @@ class JobService:
             "method": fields.get("method", DEFAULT_METHOD).strip() or DEFAULT_METHOD,
             "criterion": (fields.get("criterion") or "").strip() or None,
             "finetune": _json(fields, "finetune") if "finetune" in fields else {},
+            "search_workers": _integer(fields, "search_workers", 1),
+            "search_trials": _integer(fields, "search_trials", None),
         }
         if not isinstance(spec["finetune"], dict):
             raise ApiError(422, "invalid_spec", "'finetune' must be a JSON object such as {\"epochs\": 5}")
@@ -112,7 +114,10 @@ class JobService:
                            "max_upload_bytes": s.max_upload_bytes, "max_tensor_elements": s.max_tensor_elements},
             }  # fmt: skip
             spec["intake"] = await run_in_threadpool(self.validator.check, request)
-            return self.store.create(NewJob(id=job_id, owner=owner, spec=spec, inputs=inputs, max_attempts=s.max_attempts))
+            helpers = search_helpers(spec, Budget.from_dict(spec["budget"]))
+            return self.store.create(
+                NewJob(id=job_id, owner=owner, spec=spec, inputs=inputs, max_attempts=s.max_attempts, search_helpers=helpers)
+            )
         except BaseException:
             self.artifacts.remove_job(job_id)
             raise
@@ -148,6 +153,16 @@ def _json(fields: dict[str, str], name: str) -> Any:
         return json.loads(fields[name])
     except json.JSONDecodeError as exc:
         raise ApiError(422, "bad_json", f"{name!r} is not valid JSON: {exc}") from None
+
+
+def _integer(fields: dict[str, str], name: str, default: int | None) -> int | None:
+    text = fields.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ApiError(422, "invalid_spec", f"{name!r} must be an integer, not {text!r}") from None
 
 
 def _is_id(job_id: str) -> bool:

@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     max_job_s: float = 6 * 3600.0
     cancel_grace_s: float = 10.0
     child_threads: int = 0  # 0: the worker's cores divided by its concurrency
+    device: str = "auto"  # where a worker's jobs compute: auto (its CUDA GPU if any), cpu, cuda[:N]
 
     # pipeline knobs the operator (not the caller) decides
     latency_repeats: int = 30

@@ -26,7 +26,8 @@ Choices (METHODS.md §3b, [D] where marked):
   statistics that EagleEye compares against.
 
 Deterministic: the held-out subset and the calibration batches are drawn from fixed seeds and
-are the same for every candidate.
+are the same for every candidate. Candidates are cut, calibrated and scored on the device of
+the model they are cut from; the batches (drawn on the CPU) are moved there.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import torch
 from torch import nn
 
 from autoprune.data import ImageData, iterate_batches
+from autoprune.device import model_device
 from autoprune.graph import PruneGraph
 from autoprune.importance import GroupScores
 from autoprune.surgery import apply_plan, make_plan
@@ -74,8 +76,9 @@ def make_evaluator(
 
     def evaluate(keep: Mapping[str, int]) -> float:
         modes = [(m, m.training) for m in model.modules()]
+        example = graph.example_input.to(model_device(model))  # the graph may have been traced elsewhere
         try:
-            pruned = apply_plan(model, graph.example_input, make_plan(graph, scores, keep))
+            pruned = apply_plan(model, example, make_plan(graph, scores, keep))
         finally:
             for m, training in modes:  # apply_plan's forward check puts the original in eval mode
                 m.training = training
@@ -108,8 +111,9 @@ def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 def recalibrate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
     """Reset every BN's running statistics and re-estimate them as the plain average over ``batches``.
 
-    Leaves ``model`` in eval mode with the BN momenta it had.
+    Leaves ``model`` in eval mode with the BN momenta it had. Batches are moved to the model's device.
     """
+    device = model_device(model)
     norms = batch_norms(model)
     momenta = [m.momentum for m in norms]
     model.eval()
@@ -120,7 +124,7 @@ def recalibrate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Te
     try:
         with torch.no_grad():
             for x, _ in batches:
-                model(x)
+                model(x.to(device, non_blocking=True))
     finally:
         for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
@@ -129,9 +133,11 @@ def recalibrate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Te
 
 def accuracy(model: nn.Module, data: ImageData) -> float:
     """Top-1 accuracy on the training split of ``data`` (here: the held-out part), in eval mode."""
+    device = model_device(model)
     model.eval()
     correct = 0
     with torch.inference_mode():
         for x, y in iterate_batches(data, "train", EVAL_BATCH):
-            correct += int((model(x).argmax(1) == y).sum())
+            logits = model(x.to(device, non_blocking=True))
+            correct += int((logits.argmax(1) == y.to(device, non_blocking=True)).sum())
     return correct / len(data.train_y)

@@ -19,6 +19,7 @@ from autoprune.importance.hsic import layer_importance
 from autoprune.measure import CostModel, count_cost
 from autoprune.types import Budget
 from solvers import ALLOCATORS, Allocation, AllocationProblem, Allocator, GroupSpec, InfeasibleBudget, get_allocator
+from solvers.evolution import Evolution
 
 
 def group_specs(graph: PruneGraph, min_keep_fraction: float) -> tuple[GroupSpec, ...]:
@@ -108,17 +109,12 @@ class ProblemInputs:
         return out
 
 
-def allocate(
-    method: str | Allocator, inputs: ProblemInputs, budget: Budget, *, min_keep_fraction: float = 0.1
-) -> Allocation:
-    """Run allocator ``method`` so that the pruned model meets ``budget``.
-
-    Fractional budgets are fractions of ``inputs.reference`` (the unpruned model): in iterative
-    pruning the current model is already smaller, but the budget is of the original.
-    """
-    allocator = check_method(method, budget)
+def build_problem(
+    allocator: Allocator, inputs: ProblemInputs, budget: Budget, *, min_keep_fraction: float = 0.1
+) -> AllocationProblem:
+    """The solver's view of pruning ``inputs`` under ``budget``, with what ``allocator`` needs."""
     cost, limit = inputs.cost_and_budget(budget)
-    problem = AllocationProblem(
+    return AllocationProblem(
         groups=group_specs(inputs.graph, min_keep_fraction),
         scores=inputs.scores,
         cost=cost,
@@ -128,6 +124,18 @@ def allocate(
         seed=inputs.seed,
         **inputs.optional(allocator.needs, budget),
     )
+
+
+def allocate(
+    method: str | Allocator, inputs: ProblemInputs, budget: Budget, *, min_keep_fraction: float = 0.1
+) -> Allocation:
+    """Run allocator ``method`` so that the pruned model meets ``budget``.
+
+    Fractional budgets are fractions of ``inputs.reference`` (the unpruned model): in iterative
+    pruning the current model is already smaller, but the budget is of the original.
+    """
+    allocator = check_method(method, budget)
+    problem = build_problem(allocator, inputs, budget, min_keep_fraction=min_keep_fraction)
     try:
         return allocator.allocate(problem)
     except InfeasibleBudget as exc:
@@ -140,3 +148,24 @@ def allocate(
         ) from exc
     except ValueError as exc:
         raise SolverError(f"allocator {method!r} failed: {exc}") from exc
+
+
+def join_search(
+    method: str | Allocator,
+    inputs: ProblemInputs,
+    budget: Budget,
+    *,
+    label: str,
+    seed: int,
+    should_stop: Callable[[], bool],
+) -> dict[str, Any]:
+    """Add trials to the stored evolution search that ``allocate(method, inputs, budget)`` leads in
+    another process; ``inputs`` must be built the same way (same model, scores and study name)."""
+    allocator = check_method(method, budget)
+    if not isinstance(allocator, Evolution) or inputs.storage is None or inputs.study_name is None:
+        raise BudgetError("only an evolution search kept in a shared storage can be joined")
+    problem = build_problem(allocator, inputs, budget)
+    try:
+        return allocator.join(problem, label=label, seed=seed, should_stop=should_stop)
+    except ValueError as exc:
+        raise SolverError(f"joining the evolution search failed: {exc}") from exc

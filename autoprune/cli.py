@@ -84,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-obs-compensation", action="store_true",
         help="with the kfac criterion, skip NAP's OBS update of the kept weights (and the BN re-estimate)",
     )
+    prune.add_argument("--search-trials", type=int, help="evolution: candidates the search evaluates (default 60)")
     prune.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    prune.add_argument("--device", default="auto", help="where scoring, search and fine-tuning run: auto, cpu, cuda[:N] (default auto)")
     prune.add_argument("--latency-repeats", type=int, default=30, help="timed runs per latency measurement (default 30)")
     prune.add_argument("--no-onnx", action="store_true", help="skip the ONNX export and its onnxruntime check")
     prune.add_argument("--no-pt2", action="store_true", help="skip the torch.export (.pt2) export")
@@ -193,7 +195,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
         calibration_batches=args.calibration_batches,
         obs_compensation=not args.no_obs_compensation,
         finetune=_finetune_config(args),
+        search_trials=args.search_trials,
         seed=args.seed,
+        device=args.device,
         latency_repeats=args.latency_repeats,
         export_onnx=not args.no_onnx,
         export_pt2=not args.no_pt2,

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from autoprune.adaptive_bn import recalibrate
+from autoprune.device import model_device
 from autoprune.graph import PruneGraph
 from autoprune.importance import Batches
 from autoprune.importance.kfac import KronFactors, obs_compensation
@@ -26,8 +27,11 @@ def compensated_cut(
     """Cut ``plan`` from a copy of ``model`` after the OBS update of its remaining weights.
 
     The update changes conv/linear weights, so batch-norm statistics are re-estimated on the
-    calibration batches afterwards (METHODS.md §1.4). ``model`` itself is untouched.
+    calibration batches afterwards (METHODS.md §1.4). ``model`` itself is untouched. All of it runs
+    on the model's device (the pruned copy is left there), wherever the factors, the example
+    input and the batches are.
     """
+    example_input = example_input.to(model_device(model))
     names = {module: name for name, module in model.named_modules()}
     updated = copy.deepcopy(model)
     updated_graph = PruneGraph(updated, example_input, ignore=graph.ignore, skipped=graph.skipped)

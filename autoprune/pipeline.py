@@ -13,7 +13,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +21,16 @@ import torch
 import torch_pruning
 from torch import nn
 
-from autoprune.allocate import ProblemInputs, allocate, check_method
+from autoprune.allocate import ProblemInputs, allocate, check_method, join_search
 from autoprune.checkpoint import CheckpointDir, RunState, fingerprint
 from autoprune.compensate import compensated_cut
 from autoprune.data import ImageData, iterate_batches, load_data
+from autoprune.device import check_device_name, on_device, resolve_device
 from autoprune.errors import BudgetError, CancelledError, SurgeryError
 from autoprune.export import ModelSpec, export_onnx, export_pt2, save_weights, write_json
 from autoprune.finetune import TrainingState, evaluate, finetune
-from autoprune.graph import build_graph
-from autoprune.importance import get_criterion
+from autoprune.graph import PruneGraph, build_graph
+from autoprune.importance import Batches, GroupScores, get_criterion
 from autoprune.importance.kfac import KFAC, saliencies
 from autoprune.measure import CostReport, count_cost, onnx_latency_ms, torch_latency_ms
 from autoprune.measure.latency_table import LatencyTable
@@ -39,6 +40,7 @@ from autoprune.report import write_report_files
 from autoprune.surgery import PruningPlan, apply_plan, make_plan
 from autoprune.types import Budget, FinetuneConfig, JobSpec
 from solvers import Allocator
+from solvers.evolution import Evolution
 from solvers.knapsack import HALP
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,9 @@ def validate(spec: JobSpec) -> None:
     get_criterion(criterion_of(spec))
     if spec.schedule == "iterative" and spec.iterative_steps < 1:
         raise BudgetError("an iterative schedule needs at least one step")
+    check_device_name(spec.device)  # by name only: the API's validator may have no GPU
+    if spec.search_trials is not None and (spec.method != "evolution" or spec.search_trials < 1):
+        raise BudgetError(f"search_trials={spec.search_trials} needs method 'evolution' and at least one trial")
 
 
 def criterion_of(spec: JobSpec) -> str:
@@ -133,11 +138,62 @@ def achieved(model: nn.Module, example: torch.Tensor, budget: Budget, reference:
     return (measured.macs if budget.kind == "flops" else measured.params) / reference[budget.kind]
 
 
-def allocator_for(method: str, budget: Budget) -> str | Allocator:
-    """HALP on onnxruntime latency keeps channel counts in multiples of 8, as the LUT is built."""
-    if method == "halp" and budget.kind == "latency_ms" and budget.runtime == "onnxruntime":
+def allocator_for(spec: JobSpec, budget: Budget) -> str | Allocator:
+    """The spec's allocator with its options. HALP on onnxruntime latency keeps channel counts in
+    multiples of 8, as the LUT is built."""
+    if spec.method == "halp" and budget.kind == "latency_ms" and budget.runtime == "onnxruntime":
         return HALP(channel_step=8)
-    return method
+    if spec.method == "evolution" and spec.search_trials is not None:
+        return Evolution(trials=spec.search_trials)
+    return spec.method
+
+
+@dataclass
+class Scored:
+    """A model's channel scores and the allocation inputs built from them."""
+
+    graph: PruneGraph
+    scores: GroupScores
+    factors: Any  # K-FAC factors kept for NAP's OBS compensation, else None
+    batches: Batches
+    inputs: ProblemInputs
+
+
+def score_model(
+    model: nn.Module,
+    data: ImageData,
+    spec: JobSpec,
+    reference: dict[str, float],
+    timer: Timer,
+    progress: Progress,
+    device: torch.device,
+) -> Scored:
+    """Score ``model``'s channels with the spec's criterion on ``device``; deterministic given the spec."""
+    example = torch.zeros(1, *data.input_shape)
+    criterion_name = criterion_of(spec)
+    batches = calibration(data, spec.calibration_batches, spec.seed)
+    with timer("importance"):
+        progress("importance", 0.0, {"criterion": criterion_name})
+        graph = build_graph(model, example)
+        criterion = get_criterion(criterion_name)
+        factors = None
+        with on_device(model, device):
+            if spec.obs_compensation and isinstance(criterion, KFAC):
+                factors = criterion.factors(graph, batches)  # kept for the compensation below
+                scores = saliencies(graph, factors)
+            else:
+                scores = criterion.score(graph, batches if criterion.needs_data else None)
+        progress("importance", 1.0, {"groups": len(graph.groups), "skipped": list(graph.skipped)})
+    inputs = ProblemInputs.measure(
+        model, graph, scores, example, reference=reference, data=data, batches=batches, seed=spec.seed,
+        storage=spec.search_storage,
+    )  # fmt: skip
+    return Scored(graph=graph, scores=scores, factors=factors, batches=batches, inputs=inputs)
+
+
+def study_name(spec: JobSpec, target: Budget) -> str:
+    """A stored search resumes (or is joined) only for the same spec and the same target."""
+    return f"autoprune-{fingerprint(spec)[:24]}-{target.kind}-{target.value:.9g}"
 
 
 def prune_once(
@@ -148,26 +204,16 @@ def prune_once(
     reference: dict[str, float],
     timer: Timer,
     progress: Progress,
+    device: torch.device,
 ) -> tuple[nn.Module, PruningPlan, dict[str, Any]]:
-    """Score, allocate and cut one step; the result meets ``budget`` on the measured model."""
+    """Score, allocate and cut one step; the result meets ``budget`` on the measured model.
+
+    Scoring, the search's evaluations and NAP's compensation run on ``device``; tracing, cost
+    counting, latency tables and the cut itself on the CPU, where the model is kept.
+    """
     example = torch.zeros(1, *data.input_shape)
-    criterion_name = criterion_of(spec)
-    batches = calibration(data, spec.calibration_batches, spec.seed)
-    with timer("importance"):
-        progress("importance", 0.0, {"criterion": criterion_name})
-        graph = build_graph(model, example)
-        criterion = get_criterion(criterion_name)
-        factors = None
-        if spec.obs_compensation and isinstance(criterion, KFAC):
-            factors = criterion.factors(graph, batches)  # kept for the compensation below
-            scores = saliencies(graph, factors)
-        else:
-            scores = criterion.score(graph, batches if criterion.needs_data else None)
-        progress("importance", 1.0, {"groups": len(graph.groups), "skipped": list(graph.skipped)})
-    inputs = ProblemInputs.measure(
-        model, graph, scores, example, reference=reference, data=data, batches=batches, seed=spec.seed,
-        storage=spec.search_storage,
-    )  # fmt: skip
+    scored = score_model(model, data, spec, reference, timer, progress, device)
+    graph, scores, factors, batches, inputs = scored.graph, scored.scores, scored.factors, scored.batches, scored.inputs
     if budget.kind == "latency_ms":
         with timer("latency_table"):
             progress("latency_table", 0.0, {"runtime": budget.runtime})
@@ -182,21 +228,22 @@ def prune_once(
     for attempt in range(3):
         with timer("allocation"):
             progress("allocation", 0.0, {"method": spec.method, "attempt": attempt + 1})
-            # a stored search resumes only for the same spec and the same target
-            inputs.study_name = f"autoprune-{fingerprint(spec)[:24]}-{target.kind}-{target.value:.9g}"
-            allocation = allocate(allocator_for(spec.method, budget), inputs, target)
+            inputs.study_name = study_name(spec, target)
+            with on_device(model, device):
+                allocation = allocate(allocator_for(spec, budget), inputs, target)
             plan = make_plan(graph, scores, allocation.keep)
             progress("allocation", 1.0, {"predicted": allocation.cost})
         with timer("surgery"):
             if factors is not None:
-                pruned = compensated_cut(model, graph, factors, plan, example, batches)
+                with on_device(model, device):
+                    pruned = compensated_cut(model, graph, factors, plan, example, batches).cpu()
             else:
                 pruned = apply_plan(model, example, plan)
             reached = achieved(pruned, example, budget, reference, spec.latency_repeats)
             progress("surgery", 1.0, {budget.kind: reached})
         if reached <= budget.value * (1 + 1e-12):
             diagnostics = {
-                "criterion": criterion_name,
+                "criterion": criterion_of(spec),
                 "skipped_layers": list(graph.skipped),
                 "target": target.value,
                 "predicted": allocation.cost,
@@ -209,6 +256,36 @@ def prune_once(
         log.warning("pruned model reaches %.4g > %.4g %s; tightening", reached, budget.value, budget.kind)
         target = target.evolve(value=target.value * budget.value / reached * 0.99)
     raise SurgeryError(f"could not meet {budget} after 3 attempts (last: {reached:.4g})")
+
+
+def help_search(
+    spec: JobSpec, *, label: str, seed: int, progress: Progress = _quiet, should_stop: Callable[[], bool] | None = None
+) -> dict[str, Any]:
+    """Help the evolution search that ``run(spec)`` leads in another process (a service search helper).
+
+    Intake and scoring are deterministic under the spec, so this process rebuilds the lead's
+    allocation problem and study name, then adds trials to the shared study until it holds
+    enough. Only one-shot jobs on a MACs or params budget can be helped: a latency table is
+    measured, so another process would price the same candidate differently.
+    """
+    if spec.method != "evolution" or spec.search_storage is None:
+        raise BudgetError("only an evolution search kept in a shared storage can be helped")
+    if spec.schedule != "oneshot" or spec.budget.kind == "latency_ms":
+        raise BudgetError("a search can be spread over processes for one-shot MACs or params budgets only")
+    validate(spec)
+    device = resolve_device(spec.device)
+    timer = Timer()
+    with timer("intake"):
+        progress("intake", 0.0, {})
+        model, data = intake(spec)
+    scored = score_model(model, data, spec, {}, timer, progress, device)
+    scored.inputs.study_name = study_name(spec, spec.budget)
+    with timer("allocation"), on_device(model, device):
+        progress("allocation", 0.0, {"method": spec.method, "role": "helper"})
+        allocator = allocator_for(spec, spec.budget)
+        stop = should_stop or (lambda: False)
+        joined = join_search(allocator, scored.inputs, spec.budget, label=label, seed=seed, should_stop=stop)
+    return {**joined, "timings": {stage: round(t, 3) for stage, t in timer.seconds.items()}}
 
 
 def _latencies(model: nn.Module, input_shape: tuple[int, ...], spec: JobSpec, onnx_path: Path | None) -> dict[str, float]:
@@ -233,6 +310,7 @@ def run(
     and a run that finds a checkpoint of the same spec resumes from it instead of starting over.
     """
     validate(spec)
+    device = resolve_device(spec.device)
     out = Path(spec.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     timer = Timer()
@@ -251,7 +329,8 @@ def run(
     check_cancel()
     with timer("baseline"):
         before = count_cost(model, example)
-        eval_before = evaluate(model, data)
+        with on_device(model, device):
+            eval_before = evaluate(model, data)
         progress("baseline", 1.0, {"accuracy": eval_before.accuracy, "macs": before.macs})
     teacher = copy.deepcopy(model).eval()
     resumed = None
@@ -282,12 +361,13 @@ def run(
             continue  # this step's cut and fine-tune are in the checkpoint
         resume_training = None
         if step == len(state.plans):
-            model, plan, diag = prune_once(model, data, spec, target, state.reference, timer, progress)
+            model, plan, diag = prune_once(model, data, spec, target, state.reference, timer, progress, device)
             state.plans.append(plan.to_dict())
             state.diagnostics.append(diag)
             state.epochs_done = 0
             if state.pruned_eval is None:
-                state.pruned_eval = asdict(evaluate(model, data))
+                with on_device(model, device):
+                    state.pruned_eval = asdict(evaluate(model, data))
             save()
         else:
             resume_training = state.training
@@ -303,21 +383,23 @@ def run(
                     state.history = kept_history + [{"step": step + 1, **h} for h in training["history"]]
                     save(training)
 
-                finetune(
-                    model,
-                    data,
-                    cfg,
-                    teacher=teacher,
-                    seed=spec.seed + step,
-                    should_stop=should_stop,
-                    on_progress=lambda f, m: progress("finetune", (done + f * epochs) / total, m),
-                    resume=resume_training,
-                    on_epoch=epoch_done,
-                )
+                with on_device(model, device):
+                    finetune(
+                        model,
+                        data,
+                        cfg,
+                        teacher=teacher,
+                        seed=spec.seed + step,
+                        should_stop=should_stop,
+                        on_progress=lambda f, m: progress("finetune", (done + f * epochs) / total, m),
+                        resume=resume_training,
+                        on_epoch=epoch_done,
+                    )
     plans = [PruningPlan.from_dict(p) for p in state.plans]
     diagnostics, history = state.diagnostics, state.history
     after = count_cost(model, example)
-    eval_after = evaluate(model, data)
+    with on_device(model, device):
+        eval_after = evaluate(model, data)
     check_cancel()
 
     with timer("export"):
@@ -378,6 +460,7 @@ def run(
         "allocation": diagnostics,
         "finetune": {"config": spec.finetune.to_dict(), "history": history},
         "timings": {stage: round(s, 3) for stage, s in timer.seconds.items()},
+        "device": str(device),
         "resumed": resumed,
         "versions": {"torch": torch.__version__, "torch_pruning": torch_pruning.__version__},
         "notes": "MACs count conv+linear multiply-accumulates per sample; FLOPs = 2 x MACs.",

@@ -153,7 +153,11 @@ class JobSpec:
     iterative_steps: int = 3
     calibration_batches: int = 8
     obs_compensation: bool = True  # with the kfac criterion: NAP's OBS update of the kept weights
+    search_trials: int | None = None  # evolution: candidates its search evaluates (None: the allocator's 60)
     seed: int = 0
+    # where scoring, the search, fine-tuning and evaluation run: auto (a CUDA GPU if present), cpu, cuda[:N];
+    # tracing, surgery, cost counting, latency and export always run on the CPU
+    device: str = "auto"
     latency_repeats: int = 30
     export_onnx: bool = True
     export_pt2: bool = True

@@ -21,10 +21,13 @@ from settings import BASELINE_SEED, LATENCY_BATCHES, Settings, baseline_config, 
 from torch import nn
 
 from autoprune.data import ImageData, load_data
+from autoprune.device import on_device, resolve_device
 from autoprune.export import ModelSpec, export_onnx, load_pruned, read_spec, save_weights, write_json
 from autoprune.finetune import evaluate, finetune
 from autoprune.measure import onnx_latency_ms, torch_latency_ms
 from autoprune.models import create_model, load_weights
+
+DEVICE = resolve_device("auto")  # training and evaluation: a CUDA GPU when there is one (--full)
 
 
 def baseline_path(settings: Settings, arch: str) -> Path:
@@ -66,8 +69,9 @@ def train_baseline(settings: Settings, arch: str) -> tuple[Path, dict[str, Any]]
 
     weights.parent.mkdir(parents=True, exist_ok=True)
     print(f"{arch}: training the baseline ({baseline_recipe_text(recipe)})", flush=True)
-    stats = finetune(model, data, cfg, seed=BASELINE_SEED, resume=resume, on_epoch=save_epoch)
-    result = evaluate(model, data)
+    with on_device(model, DEVICE):
+        stats = finetune(model, data, cfg, seed=BASELINE_SEED, resume=resume, on_epoch=save_epoch)
+        result = evaluate(model, data)
     save_weights(model, weights, ModelSpec.for_data(arch, data))
     meta = {
         "arch": arch,

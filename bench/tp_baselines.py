@@ -21,12 +21,13 @@ from typing import Any
 
 import torch
 import torch_pruning as tp
-from baselines import load_baseline
+from baselines import DEVICE, load_baseline
 from common import stage_printer, versions
 from torch import nn
 
 from autoprune import pipeline
 from autoprune.data import ImageData
+from autoprune.device import on_device
 from autoprune.errors import SurgeryError
 from autoprune.export import ModelSpec, export_onnx, save_weights, write_json
 from autoprune.finetune import evaluate, finetune
@@ -143,25 +144,30 @@ def tp_run(
     say = stage_printer(f"tp:{criterion}")
     model = load_baseline(arch, weights, data)
     example = torch.zeros(1, *data.input_shape)
-    before, eval_before = count_cost(model, example), evaluate(model, data)
+    before = count_cost(model, example)
+    with on_device(model, DEVICE):
+        eval_before = evaluate(model, data)
     teacher = copy.deepcopy(model).eval()
     with timer("importance"):
         say("importance", 0.0, {})
         if criterion == "taylor":  # gradients summed over the pipeline's calibration batches
             model.zero_grad(set_to_none=True)
-            for x, y in pipeline.calibration(data, CALIBRATION_BATCHES, seed)():
-                nn.functional.cross_entropy(model(x), y, reduction="sum").backward()
+            with on_device(model, DEVICE):  # moves the gradients back with the weights
+                for x, y in pipeline.calibration(data, CALIBRATION_BATCHES, seed)():
+                    nn.functional.cross_entropy(model(x.to(DEVICE)), y.to(DEVICE), reduction="sum").backward()
     with timer("allocation"):
         say("allocation", 0.0, {})
         cut, diagnostics = bisect_ratio(model, example, criterion, budget.value * before.macs)
     with timer("surgery"):
         plan = plan_of(model, example, cut)
     pruned = cut.model
-    eval_pruned = evaluate(pruned, data)
-    with timer("finetune"):
-        say("finetune", 0.0, {})
-        stats = finetune(pruned, data, cfg, teacher=teacher, seed=seed)
-    after, eval_after = count_cost(pruned, example), evaluate(pruned, data)
+    with on_device(pruned, DEVICE):
+        eval_pruned = evaluate(pruned, data)
+        with timer("finetune"):
+            say("finetune", 0.0, {})
+            stats = finetune(pruned, data, cfg, teacher=teacher, seed=seed)
+        eval_after = evaluate(pruned, data)
+    after = count_cost(pruned, example)
     with timer("export"):
         say("export", 0.0, {})
         model_spec = ModelSpec.for_data(arch, data, [plan])

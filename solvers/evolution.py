@@ -26,6 +26,11 @@ injected ``problem.evaluate`` (EagleEye's adaptive-BN accuracy in the pipeline, 
   Optuna 5.0. CMA-ES ignores constraints, so it only runs with repair.
 - **Warm start.** The uniform allocation is enqueued as the first trial (METHODS.md §3c), so
   the search never returns less than the uniform baseline as judged by ``evaluate``.
+- **Several processes.** With a stored study, ``join`` lets other processes (the service's
+  search helpers) ask and tell on the same study while ``allocate`` leads it; everyone stops when
+  the study holds ``trials`` finished trials, and the lead picks the best of all of them. Each
+  trial records who ran it (user attribute ``by``), tallied in ``trials_by``. Alone, the search is
+  deterministic under its seed; with helpers, which trials exist depends on timing.
 - **Diagnostics.** ``trace`` holds (cost/budget, score) of every evaluated candidate, exact;
   ``candidates`` is the report's compact copy: every trial, rejected ones included, rounded
   and thinned to about ``CANDIDATES_SHOWN`` trials, so a long search stays a small report.
@@ -39,14 +44,16 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import optuna
+import sqlalchemy.exc
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
@@ -55,6 +62,7 @@ from solvers.uniform import Uniform
 
 SAMPLERS = ("nsga2", "cmaes")
 CANDIDATES_SHOWN = 200  # trials kept in the compact ``candidates`` diagnostic (the best always)
+LEAD = "lead"  # the ``by`` label of trials run by ``allocate`` (helpers label theirs in ``join``)
 
 
 @dataclass(frozen=True)
@@ -91,8 +99,7 @@ class Evolution(Allocator):
         problem.check_feasible()
         if problem.evaluate is None:
             raise ValueError("the evolution allocator needs problem.evaluate (a score of keep counts)")
-        free = [g for g in problem.groups if g.min_units < g.units]
-        space = {g.id: FloatDistribution(g.min_units / g.units, 1.0) for g in free}
+        space = self._space(problem)
         uniform = Uniform().allocate(problem).keep
         study_name = problem.study_name or f"autoprune-evolution-{self.sampler}-{uuid.uuid4().hex[:12]}"
         with _quiet_optuna(), _storage(problem.storage) as storage:
@@ -101,10 +108,11 @@ class Evolution(Allocator):
                 load_if_exists=True,
             )  # fmt: skip
             if not study.trials:
-                study.enqueue_trial({g.id: uniform[g.id] / g.channels for g in free})
-            evaluated, rejected = self._replay(study, problem)
-            resumed = len(evaluated) + len(rejected)
-            evaluated, rejected = self._search(study, space, problem, self.trials - resumed, evaluated, rejected)
+                study.enqueue_trial({g.id: uniform[g.id] / g.channels for g in problem.groups if g.id in space})
+            resumed = _finished(study)
+            self._search(study, space, problem, LEAD)
+            # every finished trial, whichever process ran it: helpers may have joined (``join``)
+            evaluated, rejected, by = self._replay(study, problem)
         best = max(evaluated, key=lambda c: c.score)  # the first of equals: deterministic
         return Allocation(
             keep=best.keep,
@@ -115,14 +123,50 @@ class Evolution(Allocator):
                 "study_name": study_name,
                 "trials": self.trials,
                 "resumed_trials": resumed,
+                "trials_by": by,
                 "feasible": len(evaluated),
                 "best_score": best.score,
                 "best_trial": best.trial,
-                "uniform_score": evaluated[0].score,
+                "uniform_score": next((c.score for c in evaluated if c.trial == 0), None),
                 "trace": [(c.cost / problem.budget, c.score) for c in evaluated],
                 "candidates": _compact_trace(evaluated, rejected, best.trial, problem.budget),
             },
         )
+
+    def join(
+        self,
+        problem: AllocationProblem,
+        *,
+        label: str,
+        seed: int,
+        should_stop: Callable[[], bool],
+        wait_s: float = 600.0,
+        poll_s: float = 1.0,
+    ) -> dict[str, Any]:
+        """Add trials to the stored search another process leads with ``allocate`` on the same problem.
+
+        Optuna's RDB storage is built for this: each process asks and tells on the shared study.
+        The helper waits (up to ``wait_s``) until the lead has created the study and taken its
+        first, uniform trial, then evaluates candidates until the study holds ``trials`` finished
+        trials or ``should_stop()``. ``seed`` must differ from the lead's, or both samplers would
+        propose the same candidates. The lead stops counting when the total is reached, so a
+        helper's trial still running then is wasted: at most one evaluation per helper.
+        """
+        if problem.storage is None or problem.study_name is None:
+            raise ValueError("joining a search needs the stored study's storage and study_name")
+        if problem.evaluate is None:
+            raise ValueError("the evolution allocator needs problem.evaluate (a score of keep counts)")
+        space = self._space(problem)
+        added = 0
+        with _quiet_optuna(), _storage(problem.storage) as storage:
+            study = _wait_for_study(storage, problem.study_name, self._sampler(seed), should_stop, wait_s, poll_s)
+            if study is not None:
+                added = self._search(study, space, problem, label, should_stop)
+        return {"study_name": problem.study_name, "joined": study is not None, "trials_added": added}
+
+    def _space(self, problem: AllocationProblem) -> dict[str, FloatDistribution]:
+        """One keep ratio per group that has a choice (``min_units < units``)."""
+        return {g.id: FloatDistribution(g.min_units / g.units, 1.0) for g in problem.groups if g.min_units < g.units}
 
     def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         if self.sampler == "cmaes":
@@ -130,50 +174,53 @@ class Evolution(Allocator):
         return optuna.samplers.NSGAIISampler(population_size=self.population, seed=seed)
 
     @staticmethod
-    def _replay(study: optuna.Study, problem: AllocationProblem) -> tuple[list[_Evaluated], list[tuple[int, float]]]:
-        """The finished trials of a stored study (a search resumed after a crash), as _search records them."""
+    def _replay(
+        study: optuna.Study, problem: AllocationProblem
+    ) -> tuple[list[_Evaluated], list[tuple[int, float]], dict[str, int]]:
+        """The study's finished trials in trial order: the evaluated candidates, the rejected
+        (trial, cost), and how many trials each process ran (``LEAD`` or a helper's label)."""
         evaluated: list[_Evaluated] = []
         rejected: list[tuple[int, float]] = []
+        by: dict[str, int] = {}
         for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             candidate = trial.user_attrs["candidate"]
-            cost = candidate["cost_fraction"] * problem.budget
+            label = trial.user_attrs.get("by", LEAD)
+            by[label] = by.get(label, 0) + 1
             if trial.value is None or math.isinf(trial.value):
-                rejected.append((trial.number, cost))
+                rejected.append((trial.number, candidate["cost_fraction"] * problem.budget))
             else:
                 keep = {g: int(n) for g, n in candidate["keep"].items()}
-                evaluated.append(_Evaluated(keep=keep, cost=cost, score=float(trial.value), trial=trial.number))
-        return evaluated, rejected
+                evaluated.append(_Evaluated(keep=keep, cost=problem.cost(keep), score=float(trial.value), trial=trial.number))
+        return evaluated, rejected, by
 
     def _search(
         self,
         study: optuna.Study,
         space: dict[str, FloatDistribution],
         problem: AllocationProblem,
-        trials: int,
-        evaluated: list[_Evaluated],
-        rejected: list[tuple[int, float]],
-    ) -> tuple[list[_Evaluated], list[tuple[int, float]]]:
-        """Ask, repair or reject, evaluate, tell ``trials`` more times, appending to the two lists:
-        the evaluated candidates and the rejected (trial, cost).
+        label: str,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> int:
+        """Ask, repair or reject, evaluate, tell until the study holds ``self.trials`` finished
+        trials (from any process) or ``should_stop()``; returns how many trials this call ran.
 
-        The first trial is the enqueued uniform allocation, which is feasible, so the evaluated
-        list is never empty and starts with it; both lists are in trial order.
+        The first trial is the enqueued uniform allocation, which is feasible.
         """
-        for _ in range(max(0, trials)):
+        ran = 0
+        while _finished(study) < self.trials and not (should_stop is not None and should_stop()):
             trial = study.ask(space)
             units = self._candidate(problem, trial.params)
             keep = problem.channels(units)
             cost = problem.cost_of_units(units)
             trial.set_constraint("budget", cost / problem.budget - 1.0)
             trial.set_user_attr("candidate", {"keep": keep, "cost_fraction": cost / problem.budget})
+            trial.set_user_attr("by", label)
+            ran += 1
             if cost > problem.budget:
                 study.tell(trial, -math.inf)  # rejected unevaluated; the constraint ranks it below feasible ones
-                rejected.append((trial.number, cost))
                 continue
-            score = float(problem.evaluate(keep))
-            study.tell(trial, score)
-            evaluated.append(_Evaluated(keep=keep, cost=cost, score=score, trial=trial.number))
-        return evaluated, rejected
+            study.tell(trial, float(problem.evaluate(keep)))
+        return ran
 
     def _candidate(self, problem: AllocationProblem, ratios: dict[str, float]) -> dict[str, int]:
         """Units per group for sampled ``ratios``: repaired onto the budget, or rounded as sampled."""
@@ -231,6 +278,33 @@ def _growth(groups: tuple[GroupSpec, ...], ratios: dict[str, float]) -> tuple[np
     return owner[order], scales[order]
 
 
+def _finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def _wait_for_study(
+    storage: optuna.storages.BaseStorage | None,
+    name: str,
+    sampler: optuna.samplers.BaseSampler,
+    should_stop: Callable[[], bool],
+    wait_s: float,
+    poll_s: float,
+) -> optuna.Study | None:
+    """The stored study once its lead has taken the enqueued uniform trial; None on stop or timeout."""
+    deadline = time.monotonic() + wait_s
+    while not should_stop() and time.monotonic() < deadline:
+        try:
+            study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+        except KeyError:  # the lead has not created it yet
+            study = None
+        if study is not None:
+            trials = study.get_trials(deepcopy=False)
+            if trials and trials[0].state != TrialState.WAITING:
+                return study
+        time.sleep(poll_s)
+    return None
+
+
 @contextmanager
 def _quiet_optuna() -> Iterator[None]:
     """Optuna logs every trial at INFO; silence it for the search and restore the caller's level."""
@@ -248,9 +322,20 @@ def _storage(url: str | None) -> Iterator[optuna.storages.BaseStorage | None]:
     if url is None:
         yield None
         return
-    storage = optuna.storages.RDBStorage(url)
+    storage = _open_storage(url)
     try:
         yield storage
     finally:
         storage.remove_session()
         storage.engine.dispose()
+
+
+def _open_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage, retried: processes opening a fresh database together race to create
+    its tables and version row, and all but one fail (IntegrityError / "table exists")."""
+    for attempt in range(attempts - 1):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except sqlalchemy.exc.DBAPIError:
+            time.sleep(0.2 * (attempt + 1))
+    return optuna.storages.RDBStorage(url)

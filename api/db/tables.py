@@ -30,10 +30,14 @@ class JobRow(Base):
     __table_args__ = (
         Index("ix_jobs_claim", "status", "run_after", "created_at"),
         Index("ix_jobs_owner_created", "owner", "created_at"),
+        Index("ix_jobs_parent", "parent_id"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     owner: Mapped[str] = mapped_column(String(64))
+    # "prune": a user's job; "search": a helper adding trials to its parent's evolution search
+    kind: Mapped[str] = mapped_column(String(16), server_default="prune")
+    parent_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     status: Mapped[str] = mapped_column(String(16))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     inputs: Mapped[dict[str, Any]] = mapped_column(JSON)

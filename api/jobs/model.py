@@ -7,6 +7,18 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 
+class JobKind(str, enum.Enum):
+    """``prune``: a user's job. ``search``: a helper row that adds trials to its parent's
+    evolution search on another worker slot; users never see it on its own."""
+
+    PRUNE = "prune"
+    SEARCH = "search"
+
+
+# A parent job in one of these stages has finished its search: its helpers stop.
+SEARCH_OVER_STAGES = frozenset({"surgery", "finetune", "export", "done"})
+
+
 class JobStatus(str, enum.Enum):
     """``queued → running → succeeded | failed | cancelled``; ``running → queued`` on a retry."""
 
@@ -62,6 +74,8 @@ class Job:
     owner: str
     status: JobStatus
     spec: dict[str, Any]  #: what the caller asked for (names, budget, finetune)
+    kind: JobKind = JobKind.PRUNE
+    parent_id: str | None = None  #: a search helper's job
     inputs: dict[str, Any]  #: uploaded files: {field: {path, size, sha256, filename}}
     stage: str | None = None
     progress: float = 0.0
@@ -81,9 +95,9 @@ class Job:
 
     @classmethod
     def from_row(cls, row: Any, artifacts: tuple[Artifact, ...] = ()) -> Job:
-        names = {f.name for f in fields(cls)} - {"artifacts", "status"}
+        names = {f.name for f in fields(cls)} - {"artifacts", "status", "kind"}
         values = {name: getattr(row, name) for name in names}
-        return cls(status=JobStatus(row.status), artifacts=artifacts, **values)
+        return cls(status=JobStatus(row.status), kind=JobKind(row.kind), artifacts=artifacts, **values)
 
     def evolve(self, **changes: Any) -> Job:
         return replace(self, **changes)
@@ -98,3 +112,4 @@ class NewJob:
     spec: dict[str, Any]
     inputs: dict[str, Any]
     max_attempts: int
+    search_helpers: int = 0  #: helper rows to queue with it (evolution searches spread over workers)

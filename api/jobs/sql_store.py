@@ -9,6 +9,7 @@ Every transaction is short: no lock is held while a job runs; liveness is the le
 from __future__ import annotations
 
 import builtins
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,11 +19,12 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from api.db.engine import db_now
 from api.db.tables import ArtifactRow, JobRow
-from api.jobs.model import Artifact, Job, JobStatus, NewJob
+from api.jobs.model import Artifact, Job, JobKind, JobStatus, NewJob
 from api.jobs.store import Lease
 
 jobs = JobRow.__table__
 artifacts_t = ArtifactRow.__table__
+_users_job = jobs.c.kind == JobKind.PRUNE.value  # search helpers are internal: never listed, read or cancelled alone
 
 
 class SqlJobStore:
@@ -59,20 +61,31 @@ class SqlJobStore:
     # --- API side ---------------------------------------------------------------------------
 
     def create(self, job: NewJob) -> Job:
+        """Queue the job and its search helpers in one transaction.
+
+        Helpers are created a microsecond later each, so a claim (oldest first) reaches the
+        job they help before them.
+        """
+        common = dict(
+            owner=job.owner, status=JobStatus.QUEUED.value, spec=job.spec, inputs=job.inputs, progress=0.0,
+            attempt=0, max_attempts=job.max_attempts, cancel_requested=False, run_after=self._now,
+        )  # fmt: skip
         with self._write() as conn:
             row = conn.execute(
-                insert(jobs)
-                .values(
-                    id=job.id, owner=job.owner, status=JobStatus.QUEUED.value, spec=job.spec, inputs=job.inputs,
-                    progress=0.0, attempt=0, max_attempts=job.max_attempts, cancel_requested=False,
-                    run_after=self._now, created_at=self._now,
-                )
+                insert(jobs).values(id=job.id, kind=JobKind.PRUNE.value, created_at=self._now, **common)
                 .returning(*jobs.c)
-            ).one()
+            ).one()  # fmt: skip
+            for i in range(job.search_helpers):
+                conn.execute(
+                    insert(jobs).values(
+                        id=uuid.uuid4().hex, kind=JobKind.SEARCH.value, parent_id=job.id,
+                        created_at=self._now + 1e-6 * (i + 1), **common,
+                    )
+                )  # fmt: skip
             return Job.from_row(row)
 
     def get(self, job_id: str, owner: str | None = None) -> Job | None:
-        query = select(jobs).where(jobs.c.id == job_id)
+        query = select(jobs).where(jobs.c.id == job_id, _users_job)
         if owner is not None:
             query = query.where(jobs.c.owner == owner)
         with self._read() as conn:
@@ -81,28 +94,30 @@ class SqlJobStore:
 
     def list(self, owner: str, *, limit: int, offset: int) -> tuple[builtins.list[Job], int]:
         query = (
-            select(jobs).where(jobs.c.owner == owner)
+            select(jobs).where(jobs.c.owner == owner, _users_job)
             .order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit).offset(offset)
         )  # fmt: skip
         with self._read() as conn:
-            total = conn.execute(select(func.count()).select_from(jobs).where(jobs.c.owner == owner)).scalar_one()
+            total = conn.execute(select(func.count()).select_from(jobs).where(jobs.c.owner == owner, _users_job)).scalar_one()
             return [self._job(conn, row) for row in conn.execute(query)], int(total)
 
     def cancel(self, job_id: str, owner: str) -> Job | None:
-        """Queued → cancelled now; running → ``cancel_requested`` (its worker stops it)."""
-        mine = [jobs.c.id == job_id, jobs.c.owner == owner]
+        """Queued → cancelled now; running → ``cancel_requested`` (its worker stops it). The
+        job's search helpers go with it."""
+        mine = [jobs.c.id == job_id, jobs.c.owner == owner, _users_job]
         with self._write() as conn:
-            done = conn.execute(
-                update(jobs).where(*mine, jobs.c.status == JobStatus.QUEUED.value)
-                .values(status=JobStatus.CANCELLED.value, finished_at=self._now, error_code="cancelled",
-                        error="cancelled before it started")
-            ).rowcount  # fmt: skip
-            if not done:
+            if conn.execute(select(jobs.c.id).where(*mine)).first() is None:
+                return None
+            for target in (mine, [jobs.c.parent_id == job_id]):
                 conn.execute(
-                    update(jobs).where(*mine, jobs.c.status == JobStatus.RUNNING.value).values(cancel_requested=True)
+                    update(jobs).where(*target, jobs.c.status == JobStatus.QUEUED.value)
+                    .values(status=JobStatus.CANCELLED.value, finished_at=self._now, error_code="cancelled",
+                            error="cancelled before it started")
+                )  # fmt: skip
+                conn.execute(
+                    update(jobs).where(*target, jobs.c.status == JobStatus.RUNNING.value).values(cancel_requested=True)
                 )
-            row = conn.execute(select(jobs).where(*mine)).one_or_none()
-            return None if row is None else self._job(conn, row)
+            return self._job(conn, conn.execute(select(jobs).where(*mine)).one())
 
     # --- worker side ------------------------------------------------------------------------
 
@@ -201,7 +216,7 @@ class SqlJobStore:
         """Run seconds of the last 1000 succeeded jobs."""
         query = (
             select(jobs.c.finished_at - jobs.c.started_at)
-            .where(jobs.c.status == JobStatus.SUCCEEDED.value, jobs.c.started_at.is_not(None))
+            .where(jobs.c.status == JobStatus.SUCCEEDED.value, jobs.c.started_at.is_not(None), _users_job)
             .order_by(jobs.c.finished_at.desc()).limit(1000)
         )  # fmt: skip
         with self._read() as conn:

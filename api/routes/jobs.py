@@ -32,6 +32,9 @@ SUBMIT_BODY = {
                 "method": {"type": "string", "example": DEFAULT_METHOD},
                 "criterion": {"type": "string", "example": "taylor"},
                 "finetune": {**_JSON_FIELD, "example": '{"epochs": 1, "max_steps_per_epoch": 4}'},
+                "search_workers": {"type": "string", "example": "1",
+                                   "description": "evolution: worker slots that share its search (1-8; flops/params budgets)"},
+                "search_trials": {"type": "string", "example": "60", "description": "evolution: candidates to evaluate (1-2000)"},
             },
         }}},
     }

@@ -1,7 +1,7 @@
 """Entry point of the spawned child that runs one attempt of one job.
 
 The child never touches the database: it reports ``("progress", stage, fraction)`` and then
-``("done",)``, ``("cancelled",)`` or ``("error", code, retryable, message)`` over a pipe, and
+``("done", result)`` (a search helper's result, else None), ``("cancelled",)`` or ``("error", code, retryable, message)`` over a pipe, and
 the worker (its parent) writes to the store. It puts itself in its own process group (so the
 worker can kill it with everything it started) and asks the kernel to SIGKILL it if the
 worker dies, so a killed worker leaves no orphan burning CPU or GPU.
@@ -51,9 +51,15 @@ def main(payload: dict[str, Any], conn: Connection, stop: Event) -> None:
             payload["spec"], data=payload["data"], weights=payload["weights"], out_dir=payload["out_dir"],
             latency_repeats=payload["latency_repeats"], calibration_batches=payload["calibration_batches"],
             model_file=payload["model"],
-        ).evolve(search_storage=payload["search_storage"], data_label=payload["data_label"])  # fmt: skip
-        pipeline.run(spec, progress=progress, should_stop=stop.is_set, checkpoint_dir=payload["checkpoint_dir"])
-        reply: tuple[Any, ...] = ("done",)
+        ).evolve(search_storage=payload["search_storage"], data_label=payload["data_label"], device=payload["device"])  # fmt: skip
+        if payload["role"] == "search":  # a helper: stopping is how it normally ends, not a cancel
+            result = pipeline.help_search(
+                spec, label=payload["label"], seed=payload["helper_seed"], progress=progress, should_stop=stop.is_set
+            )
+            reply: tuple[Any, ...] = ("done", result)
+        else:
+            pipeline.run(spec, progress=progress, should_stop=stop.is_set, checkpoint_dir=payload["checkpoint_dir"])
+            reply = ("done", None)
     except CancelledError:
         reply = ("cancelled",)
     except AutopruneError as exc:

@@ -6,6 +6,11 @@ the child on a cancel request or at ``max_job_s`` → settle: publish + fenced c
 retry with backoff, or fail. A reaper re-queues jobs whose lease expired (their worker died).
 SIGTERM: stop claiming, stop the children, give the jobs back without counting the attempt;
 a second SIGTERM exits at once (the lease takes care of the rest).
+
+A search helper row (``JobKind.SEARCH``) runs only while its lead job is running its search:
+queued behind a queued lead it is given back (attempt not counted); it is stopped when the
+lead moves past allocation, finishes or is requeued, and it publishes nothing (its trials are
+in the shared Optuna study), completing with how many trials it added.
 """
 
 from __future__ import annotations
@@ -28,7 +33,17 @@ from typing import Any
 from sqlalchemy.exc import OperationalError
 
 from api.artifacts import ArtifactStore
-from api.jobs import Job, JobStatus, JobStore, Lease, Outcome, RetryStrategy, overall_progress
+from api.jobs import (
+    SEARCH_OVER_STAGES,
+    Job,
+    JobKind,
+    JobStatus,
+    JobStore,
+    Lease,
+    Outcome,
+    RetryStrategy,
+    overall_progress,
+)
 from api.settings import Settings
 from api.worker.executors import ChildHandle, SpawnExecutor
 
@@ -38,10 +53,15 @@ PROGRESS_WRITE_S = 1.0
 
 @dataclass(frozen=True)
 class Ending:
-    """How supervision ended: done | cancelled | shutdown | lost | failed (with an Outcome)."""
+    """How supervision ended: done | cancelled | shutdown | lost | failed (with an Outcome).
+
+    A search helper ends "done" with its ``result`` even when it was stopped; ``stopped`` says why.
+    """
 
     kind: str
     outcome: Outcome | None = None
+    result: dict[str, Any] | None = None
+    stopped: str = ""
 
 
 class Worker:
@@ -104,18 +124,28 @@ class Worker:
         return {
             "job_id": job.id, "spec": job.spec, "data": paths.get("data", "digits"), "weights": paths.get("weights"),
             "model": paths.get("onnx"), "out_dir": str(out), "checkpoint_dir": str(self.artifacts.checkpoint_dir(job.id)), "latency_repeats": s.latency_repeats, "calibration_batches": s.calibration_batches,
-            "threads": s.child_threads or self.default_threads,
+            "threads": s.child_threads or self.default_threads, "device": s.device,
             "search_storage": s.search_storage_url,
             "data_label": job.inputs.get("data", {}).get("filename") or job.spec.get("dataset") or "digits",
+            "role": job.kind.value, "label": f"helper-{job.id[:8]}", "helper_seed": int(job.id[:8], 16),
         }  # fmt: skip
 
     def _run(self, job: Job) -> None:
         lease = Lease(job_id=job.id, attempt=job.attempt, worker_id=self.worker_id)
+        if job.kind is JobKind.SEARCH:
+            lead = self._lead_state(job)
+            if lead == "over":
+                result = {"joined": False, "trials_added": 0, "reason": "the search had ended when this helper started"}
+                self.store.complete(lease, result, [])
+                return
+            if lead == "waiting":
+                self._give_back(lease, "waiting_for_lead", "the job this helper serves is not running yet")
+                return
         out = self.artifacts.attempt_dir(job.id, f"attempt-{job.attempt}-{self.worker_id.rsplit('-', 1)[-1]}")
-        log.info("job %s: attempt %d/%d", job.id, job.attempt, job.max_attempts)
+        log.info("job %s (%s): attempt %d/%d", job.id, job.kind.value, job.attempt, job.max_attempts)
         child = self.executor.start(self._payload(job, out))
         try:
-            ending = self._supervise(lease, child)
+            ending = self._supervise(job, lease, child)
             if ending.kind != "done":
                 child.kill()  # before settling, so a stale child writes nothing more
             self._settle(job, lease, ending, out)
@@ -124,7 +154,18 @@ class Worker:
             if child.alive:
                 child.kill()
 
-    def _supervise(self, lease: Lease, child: ChildHandle) -> Ending:
+    def _lead_state(self, helper: Job) -> str:
+        """Where a search helper's lead job stands: "searching", "waiting" (queued) or "over"."""
+        lead = self.store.get(helper.parent_id) if helper.parent_id else None
+        if lead is None or lead.status.is_finished() or lead.stage in SEARCH_OVER_STAGES:
+            return "over"
+        return "waiting" if lead.status is JobStatus.QUEUED else "searching"
+
+    def _give_back(self, lease: Lease, code: str, error: str) -> None:
+        """Requeue without counting the attempt; a helper waits a heartbeat before its next try."""
+        self.store.retry(lease, self.settings.heartbeat_s, code, error, count_attempt=False)
+
+    def _supervise(self, job: Job, lease: Lease, child: ChildHandle) -> Ending:
         s = self.settings
         start = time.monotonic()
         next_beat = start + s.heartbeat_s
@@ -134,7 +175,7 @@ class Worker:
         while True:
             for event in child.events(0.2):
                 if event[0] != "progress":
-                    return self._final(event)
+                    return self._final(event, stop_reason)
                 progress, stage = overall_progress(event[1], event[2], progress), event[1]
             now = time.monotonic()
             if stage and now - written >= PROGRESS_WRITE_S:
@@ -153,6 +194,11 @@ class Worker:
                 if current != "busy" and current.cancel_requested and stop_sent is None:
                     stop_sent, stop_reason = now, "cancelled"
                     child.request_stop()
+                if job.kind is JobKind.SEARCH and stop_sent is None:
+                    lead = self._db(lambda: self._lead_state(job), "searching")
+                    if lead != "searching":  # its search is over, or its lead was requeued
+                        stop_sent, stop_reason = now, f"lead_{lead}"
+                        child.request_stop()
             if self.stopping.is_set() and stop_sent is None:
                 stop_sent, stop_reason = now, "shutdown"
                 child.request_stop()
@@ -162,9 +208,9 @@ class Worker:
                 message = f"the job ran longer than the limit of {s.max_job_s:g} s"
                 return Ending("failed", Outcome(code="timeout", message=message, retryable=False))
 
-    def _final(self, event: tuple[Any, ...]) -> Ending:
+    def _final(self, event: tuple[Any, ...], stop_reason: str) -> Ending:
         if event[0] == "done":
-            return Ending("done")
+            return Ending("done", result=event[1], stopped=stop_reason)
         if event[0] == "cancelled":
             return Ending("shutdown" if self.stopping.is_set() else "cancelled")
         _, code, retryable, message = event
@@ -179,6 +225,15 @@ class Worker:
             return busy
 
     def _settle(self, job: Job, lease: Lease, ending: Ending, out: Path) -> None:
+        if job.kind is JobKind.SEARCH and ending.kind == "done":
+            shutil.rmtree(out, ignore_errors=True)  # a helper publishes nothing: its trials are in the study
+            if ending.stopped == "cancelled":
+                self.store.finish(lease, JobStatus.CANCELLED, "cancelled", "cancelled with the job it served")
+            elif ending.stopped in ("shutdown", "lead_waiting"):
+                self._give_back(lease, f"helper_{ending.stopped}", "stopped before the search ended; put back")
+            else:
+                self.store.complete(lease, ending.result or {}, [])
+            return
         if ending.kind == "done":
             self._db(lambda: self.store.heartbeat(lease, self.settings.lease_s), None)  # publishing takes time
             final, artifacts = self.artifacts.publish(out)

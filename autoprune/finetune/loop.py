@@ -2,11 +2,15 @@
 
 SGD with Nesterov-free momentum or AdamW, a cosine learning-rate schedule over all steps, and
 Hinton et al.'s distillation loss from the unpruned model when a teacher is given:
-``w·T²·KL(softmax(t/T) ‖ softmax(s/T)) + (1−w)·CE(s, y)``. Deterministic under a seed (CPU).
+``w·T²·KL(softmax(t/T) ‖ softmax(s/T)) + (1−w)·CE(s, y)``. Deterministic under a seed on the CPU.
+
+Training runs on the model's device (batches are moved there); the batch order and the
+augmentations are drawn on the CPU, so they are the same on every device.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -16,6 +20,7 @@ import torch
 from torch import nn
 
 from autoprune.data import ImageData, iterate_batches
+from autoprune.device import model_device
 from autoprune.errors import CancelledError
 from autoprune.types import FinetuneConfig
 
@@ -70,8 +75,10 @@ def finetune(
 
     ``on_epoch`` receives the training state after each epoch; passing one back as ``resume``
     (with the model's weights of that moment) continues exactly where it stopped: the same
-    batches, augmentations and learning rates as an uninterrupted run.
+    batches, augmentations and learning rates as an uninterrupted run. A ``teacher`` on another
+    device than ``model`` is copied to the model's device; the caller's teacher stays where it is.
     """
+    device = model_device(model)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     per_epoch = steps_per_epoch(data, cfg)
@@ -80,6 +87,8 @@ def finetune(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     use_teacher = teacher is not None and cfg.distill and cfg.distill_weight > 0
     if use_teacher:
+        if model_device(teacher) != device:
+            teacher = copy.deepcopy(teacher).to(device)
         teacher.eval()
     history: list[EpochStats] = []
     if resume is not None:
@@ -98,6 +107,7 @@ def finetune(
         for x, y in batches:
             if should_stop is not None and should_stop():
                 raise CancelledError("fine-tuning was cancelled")
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             logits = model(x)
             loss = nn.functional.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
             if use_teacher:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoprune.device import model_device
 from autoprune.graph import PruneGraph
 
 Batches = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
@@ -37,14 +38,15 @@ def scatter_to_channels(
     """Sum a per-index statistic of each member module into the group's channels.
 
     ``per_member(module, dim)`` returns a vector over the module's channels along ``dim`` (or None
-    to skip the member); entries are added to the group channel each index belongs to.
+    to skip the member), on any device; entries are added, on the CPU, to the group channel each
+    index belongs to.
     """
     total = torch.zeros(graph.group(group_id).channels, dtype=torch.float64)
     for module, dim, idxs, root_idxs in graph.channel_map(group_id):
         values = per_member(module, dim)
         if values is None:
             continue
-        values = values.detach().to(torch.float64).flatten()
+        values = values.detach().to("cpu", torch.float64).flatten()
         total.index_add_(0, torch.tensor(root_idxs), values[torch.tensor(idxs)])
     return total.numpy()
 
@@ -61,9 +63,11 @@ def gradient_statistics(
 ) -> dict[nn.Module, torch.Tensor]:
     """Mean over examples of ``statistic`` on each module's output and the gradient of ``objective``.
 
-    Runs in eval mode (BN running statistics, nothing updated); hooks, gradients and the
-    model's mode are restored whatever happens.
+    Runs in eval mode (BN running statistics, nothing updated) on the model's device, where the
+    batches are moved; the means are returned on the CPU. Hooks, gradients and the model's mode
+    are restored whatever happens.
     """
+    device = model_device(model)
     totals: dict[nn.Module, torch.Tensor] = {}
     examples = 0
 
@@ -72,7 +76,7 @@ def gradient_statistics(
 
         def on_grad(grad: torch.Tensor) -> None:
             flat = (t.reshape(t.shape[0], t.shape[1], -1).to(torch.float64) for t in (activation, grad))
-            value = statistic(*flat).sum(0).cpu()
+            value = statistic(*flat).sum(0)
             totals[module] = totals[module] + value if module in totals else value
 
         output.register_hook(on_grad)
@@ -82,6 +86,7 @@ def gradient_statistics(
     model.eval()
     try:
         for x, y in batches():
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             model.zero_grad(set_to_none=True)
             objective(model(x), y).backward()
             examples += len(x)
@@ -92,4 +97,4 @@ def gradient_statistics(
         model.train(was_training)
     if examples == 0:
         raise ValueError("no calibration batches were given")
-    return {m: t / examples for m, t in totals.items()}
+    return {m: (t / examples).cpu() for m, t in totals.items()}

@@ -43,6 +43,7 @@ import math
 import torch
 from torch import nn
 
+from autoprune.device import model_device
 from autoprune.graph import PruneGraph
 from autoprune.importance.base import Batches, Criterion, GroupScores, scatter_to_channels
 from autoprune.importance.taylor import feature_points
@@ -84,7 +85,8 @@ def following_activations(
     """For each module whose output goes unmodified into an activation module, that activation.
 
     Found by one probe forward: an activation's input must be the very tensor the module returned,
-    at the same version (so ``out += identity; relu(out)`` does not count).
+    at the same version (so ``out += identity; relu(out)`` does not count). The probe runs on the
+    model's device, whatever device the graph was traced on.
     """
     produced: list[tuple[torch.Tensor, int, nn.Module]] = []
     found: dict[nn.Module, nn.Module] = {}
@@ -103,7 +105,7 @@ def following_activations(
     model.eval()
     try:
         with torch.no_grad():
-            model(example_input)
+            model(example_input.to(model_device(model)))
     finally:
         for h in hooks:
             h.remove()
@@ -118,7 +120,11 @@ def mean_independence(
     batches: Batches,
     limit: int | None = None,
 ) -> dict[nn.Module, torch.Tensor]:
-    """Mean over examples of the CI of each output channel of each module (post-activation maps)."""
+    """Mean over examples of the CI of each output channel of each module (post-activation maps).
+
+    Computed on the model's device, where the batches are moved; returned on the CPU.
+    """
+    device = model_device(model)
     totals: dict[nn.Module, torch.Tensor] = {}
     examples = 0
 
@@ -135,7 +141,7 @@ def mean_independence(
     try:
         with torch.no_grad():
             for x, _ in itertools.islice(batches(), limit):
-                model(x)
+                model(x.to(device, non_blocking=True))
                 examples += len(x)
     finally:
         for h in hooks:

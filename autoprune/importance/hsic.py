@@ -28,6 +28,7 @@ Deviations, and why:
   training batches; the released code uses one test batch of 100, which its README says makes
   the result seed-dependent). They are kept and re-forwarded once per chunk of feature points,
   so that at most ``max_feature_bytes`` of features are held at a time (exact, just slower).
+  They are moved once to the model's device, where the features and Grams are computed.
 - A group whose features do not vary over the examples has no defined nHSIC; it is counted as
   independent of every other group (S = 0).
 
@@ -45,6 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoprune.device import model_device
 from autoprune.graph import PruneGraph
 from autoprune.importance.base import Batches
 from autoprune.importance.taylor import feature_points
@@ -105,7 +107,8 @@ def layer_similarity(
         raise ValueError(f"max_feature_bytes must be positive, got {max_feature_bytes}")
     ids = [g.id for g in graph.groups]
     slices = _group_slices(graph)
-    inputs = _first_examples(batches, max_examples)
+    device = model_device(graph.model)
+    inputs = [x.to(device, non_blocking=True) for x in _first_examples(batches, max_examples)]
     grams: dict[str, torch.Tensor] = {}
     for chunk in _chunks(graph.model, slices, inputs, max_feature_bytes):
         for gid, gram in _grams(graph.model, chunk, inputs).items():

@@ -55,6 +55,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from autoprune.device import model_device
 from autoprune.errors import UnsupportedLayerError
 from autoprune.graph import PruneGraph
 from autoprune.importance.base import Batches, Criterion, GroupScores, scatter_to_channels
@@ -183,13 +184,15 @@ def kfac_factors(
     """K-FAC factors (A, G) of each layer over the calibration batches, in eval mode, float64.
 
     ``damping`` = 0 returns the raw expectations; > 0 adds ``damping · mean(diag)`` per block.
+    The factors are accumulated on the model's device (batches are moved there) and stay there;
+    true-Fisher labels are sampled on the CPU, so they do not depend on the device.
     """
     if not damping >= 0:
         raise ValueError(f"damping must be >= 0, got {damping}")
     if fisher not in FISHER_TYPES:
         raise ValueError(f"fisher must be one of {FISHER_TYPES}, got {fisher!r}")
     layers = list(layers)
-    device = next(model.parameters()).device
+    device = model_device(model)
     generator = torch.Generator().manual_seed(seed)
     examples = 0
     was_training = model.training
@@ -197,7 +200,7 @@ def kfac_factors(
     try:
         with kfac_hooks(layers) as sums:
             for x, y in batches():
-                x, y = x.to(device), y.to(device)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 model.zero_grad(set_to_none=True)
                 logits = model(x)
                 target = sample_labels(logits, generator) if fisher == "true" else y
@@ -300,8 +303,12 @@ def obs_compensation(
 
 
 def _compensate(module: nn.Module, factors: KronFactors, rows: set[int], inputs: set[int]) -> None:
-    """The joint OBS update of one layer for its removed output ``rows`` and input channels ``inputs``."""
+    """The joint OBS update of one layer for its removed output ``rows`` and input channels ``inputs``.
+
+    Computed where the layer's weights are, whatever device the factors were accumulated on.
+    """
     W = weight_blocks(module)
+    factor_a, factor_g = factors.A.to(W.device), factors.G.to(W.device)
     b, o, d = W.shape
     removed = torch.zeros(b, o, d, dtype=torch.bool, device=W.device)
     for r in rows:
@@ -314,7 +321,7 @@ def _compensate(module: nn.Module, factors: KronFactors, rows: set[int], inputs:
         Q = (~removed[blk]).any(0).nonzero().flatten()
         if len(P) == 0 or len(Q) == 0:
             continue
-        A, G = factors.A[blk], factors.G[blk]
+        A, G = factor_a[blk], factor_g[blk]
         rhs = (G @ (new[blk] - W[blk]) @ A)[P][:, Q]
         step = torch.linalg.solve(G[P][:, P], rhs)
         new[blk][P[:, None], Q] -= torch.linalg.solve(A[Q][:, Q], step.T).T

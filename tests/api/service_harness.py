@@ -87,7 +87,8 @@ class Service:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         from api.settings import Settings
 
-        self.engine = make_engine(Settings(data_dir=self.data_dir, database_url=database_url).db_url)
+        self.settings = Settings(data_dir=self.data_dir, database_url=database_url)  # as the processes see them
+        self.engine = make_engine(self.settings.db_url)
         migrate(self.engine)
         self.store = SqlJobStore(self.engine)
 

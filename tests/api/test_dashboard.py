@@ -125,6 +125,21 @@ def test_form_shows_api_errors_and_other_owners_jobs_stay_hidden(page, service):
         expect(page.locator("#submit-error")).to_contain_text("not valid JSON")
         page.fill("#finetune-extra", "")
 
+        expect(page.locator("#search-options")).to_be_hidden()  # evolution's options show with it
+        page.select_option("#method", "evolution")
+        expect(page.locator("#search-options")).to_be_visible()
+        page.fill("#search-workers", "9")  # over the API's limit: the browser refuses to send it
+        assert page.eval_on_selector("#search-workers", "el => el.validity.rangeOverflow")
+        page.fill("#search-workers", "2")
+        page.select_option("#budget-kind", "latency_ms")  # valid in the form, refused by the API
+        page.click("#submit")
+        expect(page.locator("#submit-error")).to_contain_text("latency tables are measured per process")
+        page.select_option("#budget-kind", "flops")
+        page.fill("#budget-value", "0.5")
+        page.fill("#search-workers", "1")
+        page.select_option("#method", "halp")
+        expect(page.locator("#search-options")).to_be_hidden()
+
         page.check('input[name="source"][value="onnx"]')  # an ONNX upload replaces the arch name
         expect(page.locator("#arch")).to_be_hidden()
         page.set_input_files("#onnx", {"name": "bad.onnx", "mimeType": "application/octet-stream", "buffer": b"not onnx"})

@@ -10,7 +10,7 @@ import service_harness
 from sqlalchemy import text
 
 from api.db import make_engine, migrate
-from api.jobs import Artifact, JobStatus, Lease, NewJob, SqlJobStore
+from api.jobs import Artifact, JobKind, JobStatus, Lease, NewJob, SqlJobStore
 
 db_url = service_harness.db_url  # fixture
 postgres = service_harness.postgres  # fixture
@@ -177,5 +177,33 @@ def test_evolution_studies_live_beside_the_jobs_without_touching_their_schema(st
     again = Evolution(trials=4, population=2).allocate(problem)  # the stored study is complete: nothing to run
     assert again.diagnostics["resumed_trials"] == 4 and again.keep == first.keep
     with store.engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
     assert store.get(new(store), "alice") is not None  # the jobs' tables still work
+
+
+def test_search_helpers_queue_behind_their_job_stay_internal_and_go_with_its_cancel(store):
+    job_id = uuid.uuid4().hex
+    store.create(NewJob(id=job_id, owner="alice", spec={"method": "evolution"}, inputs={}, max_attempts=3, search_helpers=2))
+    page, total = store.list("alice", limit=10, offset=0)
+    assert total == 1 and page[0].id == job_id  # helpers are never listed
+    claimed = [store.claim(f"w{i}", 30) for i in range(3)]
+    assert claimed[0].id == job_id and claimed[0].kind is JobKind.PRUNE
+    helpers = claimed[1:]
+    assert all(h.kind is JobKind.SEARCH and h.parent_id == job_id and h.spec == {"method": "evolution"} for h in helpers)
+    assert all(store.get(h.id) is None and store.get(h.id, "alice") is None for h in helpers)  # not readable alone
+    assert store.counts()["running"] == 3  # but they take worker slots, so the queue metrics count them
+    assert store.cancel(job_id, "bob") is None
+    assert not any(store.heartbeat(Lease(job_id=h.id, attempt=1, worker_id=f"w{i + 1}"), 30).cancel_requested
+                   for i, h in enumerate(helpers))  # fmt: skip
+    assert store.cancel(job_id, "alice").cancel_requested
+    assert all(store.heartbeat(Lease(job_id=h.id, attempt=1, worker_id=f"w{i + 1}"), 30).cancel_requested
+               for i, h in enumerate(helpers))  # fmt: skip
+    assert store.cancel(helpers[0].id, "alice") is None  # a helper cannot be cancelled on its own
+
+
+def test_cancelling_a_queued_job_cancels_its_queued_helpers(store):
+    job_id = uuid.uuid4().hex
+    store.create(NewJob(id=job_id, owner="alice", spec={}, inputs={}, max_attempts=3, search_helpers=1))
+    assert store.cancel(job_id, "alice").status is JobStatus.CANCELLED
+    assert store.claim("w1", 30) is None  # the helper went with it
+    assert store.counts() == {"cancelled": 2}

@@ -292,6 +292,10 @@ function submission() {
   form.append("budget", JSON.stringify(budget));
   form.append("method", $("method").value);
   if ($("criterion").value) form.append("criterion", $("criterion").value);
+  if ($("method").value === "evolution") {
+    form.append("search_trials", $("search-trials").value);
+    form.append("search_workers", $("search-workers").value);
+  }
 
   const finetune = { epochs: Number($("epochs").value) };
   const extra = $("finetune-extra").value.trim();
@@ -320,6 +324,8 @@ function setUpSubmitForm(refreshList) {
     show($("latency-options"), latency);
     $("budget-value").value = latency ? "5" : "0.5";
   });
+  const method = $("method");
+  method.addEventListener("change", () => show($("search-options"), method.value === "evolution"));
 
   $("submit-form").addEventListener("submit", async (event) => {
     event.preventDefault();

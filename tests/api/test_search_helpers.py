@@ -1,0 +1,94 @@
+"""One evolution search spread over two worker slots: a real API, a real worker, a shared Optuna study."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+
+import optuna
+import pytest
+import service_harness
+from service_harness import Service, stop_process, submit, wait_for
+from sqlalchemy import text
+
+postgres = service_harness.postgres  # fixture
+service = service_harness.service  # fixture
+
+
+@pytest.fixture(scope="module")
+def two_slots(service: Service) -> Iterator[subprocess.Popen[bytes]]:
+    service.cancel_all_queued()
+    proc = service.start_worker(concurrency=2)
+    yield proc
+    stop_process(proc)
+
+
+def spread_search(svc: Service, owner: str) -> None:
+    """Submit a 24-trial evolution search over two slots; check both ran trials and nothing leaked."""
+    client = svc.client(svc.token(owner))
+    response = submit(client, method="evolution", search_workers="2", search_trials="24")
+    assert response.status_code == 201, response.text
+    job_id = response.json()["id"]
+    body = wait_for(
+        lambda: (b := client.get(f"/jobs/{job_id}").json())["status"] in ("succeeded", "failed", "cancelled") and b,
+        300, "the job to finish", 0.5,
+    )  # fmt: skip
+    assert body["status"] == "succeeded", body
+    listed = client.get("/jobs").json()
+    assert [j["id"] for j in listed["data"]] == [job_id] and listed["count"] == 1  # the helper is internal
+
+    search = body["result"]["allocation"][0]
+    with svc.engine.begin() as conn:
+        (helper,) = conn.execute(
+            text("SELECT id, status, result FROM jobs WHERE parent_id = :id AND kind = 'search'"), {"id": job_id}
+        ).all()
+    assert helper.status == "succeeded", helper
+    assert client.get(f"/jobs/{helper.id}").status_code == 404
+    label = f"helper-{helper.id[:8]}"
+    helper_result = helper.result if isinstance(helper.result, dict) else json.loads(helper.result)
+    by = search["trials_by"]
+    assert set(by) == {"lead", label} and by["lead"] >= 1 and by[label] >= 1, by
+    assert helper_result["joined"] and helper_result["trials_added"] >= by[label]
+    assert search["trials"] == 24 and 24 <= sum(by.values()) <= 25
+
+    study = optuna.load_study(study_name=search["study_name"], storage=svc.settings.search_storage_url)
+    finished = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert {t.user_attrs["by"] for t in finished} == {"lead", label}
+    assert search["best_score"] == max(t.value for t in finished if t.number in {c["trial"] for c in search["candidates"]})
+
+
+def test_an_evolution_search_spreads_over_two_slots(service, two_slots):
+    spread_search(service, "spread")
+
+
+def test_and_over_two_workers_on_postgresql(postgres, tmp_path):
+    """Scale-out as deployed: two worker processes on PostgreSQL share the study (schema optuna)."""
+    svc = Service(tmp_path, postgres.new_database())
+    try:
+        svc.start_api()
+        svc.start_worker()
+        svc.start_worker()
+        spread_search(svc, "spread-pg")
+    finally:
+        svc.close()
+
+
+@pytest.mark.parametrize(
+    "fields, needle",
+    [
+        ({"method": "halp", "search_workers": "2"}, "evolution"),
+        ({"method": "evolution", "search_workers": "9"}, "from 1 to 8"),
+        ({"method": "evolution", "search_workers": "0"}, "from 1 to 8"),
+        ({"method": "evolution", "search_workers": "two"}, "integer"),
+        ({"method": "evolution", "search_workers": "2", "budget": '{"latency_ms": 1.0}'}, "latency"),
+        ({"method": "global", "search_trials": "20"}, "evolution"),
+        ({"method": "evolution", "search_trials": "0"}, "from 1 to 2000"),
+        ({"method": "evolution", "search_trials": "1.5"}, "integer"),
+    ],
+)
+def test_search_workers_are_checked_before_queueing(service, fields, needle):
+    client = service.client(service.token("spread-bad"))
+    response = submit(client, **fields)
+    assert response.status_code == 422 and needle in response.json()["detail"], response.text
+    assert client.get("/jobs").json()["count"] == 0
