@@ -65,6 +65,7 @@ class ProblemInputs:
     storage: str | None = None
     study_name: str | None = None
     seed: int = 0
+    report: Callable[[float], None] | None = None  # progress of a long search
 
     @classmethod
     def measure(
@@ -122,6 +123,7 @@ def build_problem(
         storage=inputs.storage,
         study_name=inputs.study_name,
         seed=inputs.seed,
+        report=inputs.report,
         **inputs.optional(allocator.needs, budget),
     )
 

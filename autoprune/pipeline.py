@@ -186,7 +186,7 @@ def score_model(
         progress("importance", 1.0, {"groups": len(graph.groups), "skipped": list(graph.skipped)})
     inputs = ProblemInputs.measure(
         model, graph, scores, example, reference=reference, data=data, batches=batches, seed=spec.seed,
-        storage=spec.search_storage,
+        storage=spec.search_storage, report=lambda fraction: progress("allocation", fraction, {}),
     )  # fmt: skip
     return Scored(graph=graph, scores=scores, factors=factors, batches=batches, inputs=inputs)
 

@@ -77,6 +77,7 @@ class AllocationProblem:
     storage: str | None = None  # an SQLAlchemy URL where a search may keep its study
     study_name: str | None = None  # with ``storage``: a search finding this study continues it
     seed: int = 0
+    report: Callable[[float], None] | None = None  # a long search's progress, 0-1, after each trial
 
     def __post_init__(self) -> None:
         for g in self.groups:

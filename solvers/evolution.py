@@ -31,9 +31,9 @@ injected ``problem.evaluate`` (EagleEye's adaptive-BN accuracy in the pipeline, 
   the study holds ``trials`` finished trials, and the lead picks the best of all of them. Each
   trial records who ran it (user attribute ``by``), tallied in ``trials_by``. Alone, the search is
   deterministic under its seed; with helpers, which trials exist depends on timing.
-- **Diagnostics.** ``trace`` holds (cost/budget, score) of every evaluated candidate, exact;
-  ``candidates`` is the report's compact copy: every trial, rejected ones included, rounded
-  and thinned to about ``CANDIDATES_SHOWN`` trials, so a long search stays a small report.
+- **Diagnostics.** ``candidates``: every trial in order, rejected ones included, its
+  cost/budget and score rounded to 4 decimals, thinned to about ``CANDIDATES_SHOWN`` trials so
+  a long search stays a small report (the stored study keeps everything exactly).
 
 Simplifications: single-objective (maximise ``evaluate``; the cost is a constraint, not a
 second objective), and a few dozen trials instead of the papers' ~1000 evaluations, because
@@ -128,7 +128,6 @@ class Evolution(Allocator):
                 "best_score": best.score,
                 "best_trial": best.trial,
                 "uniform_score": next((c.score for c in evaluated if c.trial == 0), None),
-                "trace": [(c.cost / problem.budget, c.score) for c in evaluated],
                 "candidates": _compact_trace(evaluated, rejected, best.trial, problem.budget),
             },
         )
@@ -207,7 +206,9 @@ class Evolution(Allocator):
         The first trial is the enqueued uniform allocation, which is feasible.
         """
         ran = 0
-        while _finished(study) < self.trials and not (should_stop is not None and should_stop()):
+        while (finished := _finished(study)) < self.trials and not (should_stop is not None and should_stop()):
+            if problem.report is not None:
+                problem.report(finished / self.trials)
             trial = study.ask(space)
             units = self._candidate(problem, trial.params)
             keep = problem.channels(units)

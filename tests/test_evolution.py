@@ -76,7 +76,8 @@ def test_repair_fills_the_budget_and_the_uniform_allocation_is_tried_first():
     assert calls[0] == dict(Uniform().allocate(problem).keep)
     # the repaired candidate stops only when the next unit (costing 1 or 2) would not fit
     assert all(problem.budget - 2 < problem.cost(keep) <= problem.budget for keep in calls)
-    assert [fraction for fraction, _ in allocation.diagnostics["trace"]] == [problem.cost(k) / 60 for k in calls]
+    shown = allocation.diagnostics["candidates"]
+    assert [c["cost_over_budget"] for c in shown] == [round(problem.cost(k) / 60, 4) for k in calls]
     assert allocation.diagnostics["feasible"] == 12
     assert allocation.diagnostics["uniform_score"] == log_utility(calls[0])
 
@@ -98,8 +99,9 @@ def test_never_evaluates_or_returns_an_infeasible_allocation(repair):
     diagnostics = allocation.diagnostics
     assert all(chain_cost(keep) <= budget for keep in calls)
     assert chain_cost(allocation.keep) <= budget and allocation.keep in calls
-    assert diagnostics["feasible"] == len(diagnostics["trace"]) == len(calls)
-    assert [score for _, score in diagnostics["trace"]] == [log_utility(keep) for keep in calls]
+    feasible = [c for c in diagnostics["candidates"] if c["feasible"]]
+    assert diagnostics["feasible"] == len(feasible) == len(calls)
+    assert [c["score"] for c in feasible] == [round(log_utility(keep), 4) for keep in calls]
     if repair:
         assert len(calls) == 40
     else:  # random ratios in [1/32, 1]: most cost more than 20% of the full chain, and are skipped
@@ -147,7 +149,7 @@ def test_both_samplers_run_and_are_reproducible(sampler):
         pytest.importorskip("cmaes", reason="Optuna's CMA-ES sampler needs the cmaes package")
     first = Evolution(trials=20, population=6, sampler=sampler).allocate(linear_problem(seed=5))
     again = Evolution(trials=20, population=6, sampler=sampler).allocate(linear_problem(seed=5))
-    assert first.keep == again.keep and first.diagnostics["trace"] == again.diagnostics["trace"]
+    assert first.keep == again.keep and first.diagnostics["candidates"] == again.diagnostics["candidates"]
     assert first.cost <= 60.0
 
 
@@ -359,3 +361,11 @@ def test_processes_opening_a_fresh_study_database_together_all_succeed(tmp_path)
     for t in threads:
         t.join(60)
     assert errors == []
+
+
+def test_the_search_reports_its_progress_after_every_trial():
+    import dataclasses
+
+    seen = []
+    Evolution(trials=8, population=4).allocate(dataclasses.replace(linear_problem(), report=seen.append))
+    assert seen == [i / 8 for i in range(8)]  # before each of the 8 trials: the share already finished
