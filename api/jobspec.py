@@ -68,10 +68,18 @@ def to_jobspec(
         criterion=spec.get("criterion"),
         finetune=finetune,
         search_trials=trials,
+        channel_step=_channel_step(spec),
         out_dir=out_dir,
         latency_repeats=latency_repeats,
         calibration_batches=calibration_batches,
     )
+
+
+def _channel_step(spec: dict[str, Any]) -> int:
+    step = spec.get("channel_step", 1)
+    if isinstance(step, bool) or not isinstance(step, int) or not 1 <= step <= 64:
+        raise SpecError(f"channel_step must be an integer from 1 to 64, not {step!r}")
+    return step
 
 
 def search_helpers(spec: dict[str, Any], budget: Budget) -> int:

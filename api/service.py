@@ -62,6 +62,7 @@ class JobService:
             "finetune": _json(fields, "finetune") if "finetune" in fields else {},
             "search_workers": _integer(fields, "search_workers", 1),
             "search_trials": _integer(fields, "search_trials", None),
+            "channel_step": _integer(fields, "channel_step", 1),
         }
         if not isinstance(spec["finetune"], dict):
             raise ApiError(422, "invalid_spec", "'finetune' must be a JSON object such as {\"epochs\": 5}")

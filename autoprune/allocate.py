@@ -19,6 +19,7 @@ from autoprune.importance.hsic import layer_importance
 from autoprune.measure import CostModel, count_cost
 from autoprune.types import Budget
 from solvers import ALLOCATORS, Allocation, AllocationProblem, Allocator, GroupSpec, InfeasibleBudget, get_allocator
+from solvers.base import snap_to_step
 from solvers.evolution import Evolution
 
 
@@ -129,17 +130,23 @@ def build_problem(
 
 
 def allocate(
-    method: str | Allocator, inputs: ProblemInputs, budget: Budget, *, min_keep_fraction: float = 0.1
+    method: str | Allocator,
+    inputs: ProblemInputs,
+    budget: Budget,
+    *,
+    min_keep_fraction: float = 0.1,
+    channel_step: int = 1,
 ) -> Allocation:
     """Run allocator ``method`` so that the pruned model meets ``budget``.
 
     Fractional budgets are fractions of ``inputs.reference`` (the unpruned model): in iterative
-    pruning the current model is already smaller, but the budget is of the original.
+    pruning the current model is already smaller, but the budget is of the original. With
+    ``channel_step`` > 1 the answer is snapped to widths in multiples of it (``snap_to_step``).
     """
     allocator = check_method(method, budget)
     problem = build_problem(allocator, inputs, budget, min_keep_fraction=min_keep_fraction)
     try:
-        return allocator.allocate(problem)
+        allocation = allocator.allocate(problem)
     except InfeasibleBudget as exc:
         floor = problem.cost_of_units({g.id: g.min_units for g in problem.groups})
         scale = inputs.reference.get(budget.kind) if budget.kind != "latency_ms" else None
@@ -150,6 +157,11 @@ def allocate(
         ) from exc
     except ValueError as exc:
         raise SolverError(f"allocator {method!r} failed: {exc}") from exc
+    if channel_step == 1:
+        return allocation
+    keep = snap_to_step(problem, allocation.keep, channel_step)
+    diagnostics = {**allocation.diagnostics, "channel_step": channel_step, "unsnapped_cost": allocation.cost}
+    return Allocation(keep=keep, cost=problem.cost(keep), diagnostics=diagnostics)
 
 
 def join_search(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import shutil
 import tempfile
 import time
@@ -88,6 +89,8 @@ def validate(spec: JobSpec) -> None:
     if spec.schedule == "iterative" and spec.iterative_steps < 1:
         raise BudgetError("an iterative schedule needs at least one step")
     check_device_name(spec.device)  # by name only: the API's validator may have no GPU
+    if not isinstance(spec.channel_step, int) or not 1 <= spec.channel_step <= 64:
+        raise BudgetError(f"channel_step must be an integer from 1 to 64, not {spec.channel_step!r}")
     if spec.search_trials is not None and (spec.method != "evolution" or spec.search_trials < 1):
         raise BudgetError(f"search_trials={spec.search_trials} needs method 'evolution' and at least one trial")
 
@@ -139,10 +142,12 @@ def achieved(model: nn.Module, example: torch.Tensor, budget: Budget, reference:
 
 
 def allocator_for(spec: JobSpec, budget: Budget) -> str | Allocator:
-    """The spec's allocator with its options. HALP on onnxruntime latency keeps channel counts in
-    multiples of 8, as the LUT is built."""
+    """The spec's allocator with its options. HALP takes the channel step into its knapsack (the
+    others are snapped afterwards); on onnxruntime latency it keeps multiples of 8, as the LUT is built."""
     if spec.method == "halp" and budget.kind == "latency_ms" and budget.runtime == "onnxruntime":
-        return HALP(channel_step=8)
+        return HALP(channel_step=math.lcm(spec.channel_step, 8))
+    if spec.method == "halp" and spec.channel_step > 1:
+        return HALP(channel_step=spec.channel_step)
     if spec.method == "evolution" and spec.search_trials is not None:
         return Evolution(trials=spec.search_trials)
     return spec.method
@@ -230,7 +235,7 @@ def prune_once(
             progress("allocation", 0.0, {"method": spec.method, "attempt": attempt + 1})
             inputs.study_name = study_name(spec, target)
             with on_device(model, device):
-                allocation = allocate(allocator_for(spec, budget), inputs, target)
+                allocation = allocate(allocator_for(spec, budget), inputs, target, channel_step=spec.channel_step)
             plan = make_plan(graph, scores, allocation.keep)
             progress("allocation", 1.0, {"predicted": allocation.cost})
         with timer("surgery"):

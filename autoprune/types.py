@@ -154,6 +154,7 @@ class JobSpec:
     calibration_batches: int = 8
     obs_compensation: bool = True  # with the kfac criterion: NAP's OBS update of the kept weights
     search_trials: int | None = None  # evolution: candidates its search evaluates (None: the allocator's 60)
+    channel_step: int = 1  # kept widths in multiples of this (8 suits onnxruntime/cuDNN kernels); full widths stay
     seed: int = 0
     # where scoring, the search, fine-tuning and evaluation run: auto (a CUDA GPU if present), cpu, cuda[:N];
     # tracing, surgery, cost counting, latency and export always run on the CPU

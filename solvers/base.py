@@ -113,6 +113,65 @@ class Allocation:
     diagnostics: Mapping[str, Any] = field(default_factory=dict)
 
 
+def allowed_units(group: GroupSpec, channel_step: int) -> np.ndarray:
+    """Unit counts a group may keep: from ``min_units`` to all, channels a multiple of ``channel_step``
+    (all units is always allowed: a width that is not a multiple may stay unpruned)."""
+    units = np.arange(group.min_units, group.units + 1)
+    allowed = ((units * group.blocks) % channel_step == 0) | (units == group.units)
+    return units[allowed]
+
+
+def snap_to_step(problem: AllocationProblem, keep: Mapping[str, int], channel_step: int) -> dict[str, int]:
+    """Any allocator's keep counts, moved to widths in multiples of ``channel_step`` within the budget.
+
+    Fast CPU/GPU kernels (onnxruntime's, cuDNN's) are tuned for channel counts in multiples of 8,
+    and an odd width can make a pruned model slower than its parent. Each group first goes to
+    its nearest allowed width (ties: the narrower); while that costs more than the budget, the
+    group whose next narrower width gives up the least channel score per unit of cost saved
+    steps down; then, while a wider step fits, the one gaining the most score per unit of cost
+    steps up. Greedy, not optimal. A budget that even this cannot meet is left to the caller's
+    measured check.
+    """
+    if channel_step == 1:
+        return dict(keep)
+    options = {g.id: allowed_units(g, channel_step) for g in problem.groups}
+    units = {}
+    for g in problem.groups:
+        opts = options[g.id]
+        units[g.id] = int(opts[np.argmin(np.abs(opts - keep[g.id] / g.blocks))])  # first minimum: the narrower
+    ranked = {g.id: np.sort(np.asarray(problem.scores[g.id], dtype=float).reshape(-1))[::-1] for g in problem.groups}
+    while (current := problem.cost_of_units(units)) > problem.budget:
+        best: tuple[str, int] | None = None
+        best_rate = math.inf
+        for g in problem.groups:
+            lower = options[g.id][options[g.id] < units[g.id]]
+            if not len(lower):
+                continue
+            down = int(lower[-1])
+            saved = current - problem.cost_of_units({**units, g.id: down})
+            lost = float(ranked[g.id][down * g.blocks : units[g.id] * g.blocks].sum())
+            if saved > 0 and lost / saved < best_rate:
+                best, best_rate = (g.id, down), lost / saved
+        if best is None:
+            break
+        units[best[0]] = best[1]
+    while True:  # then spend what is left: the best score gained per unit of cost, while it fits
+        current = problem.cost_of_units(units)
+        best, best_rate = None, 0.0
+        for g in problem.groups:
+            higher = options[g.id][options[g.id] > units[g.id]]
+            if not len(higher):
+                continue
+            up = int(higher[0])
+            added = problem.cost_of_units({**units, g.id: up}) - current
+            gained = float(ranked[g.id][units[g.id] * g.blocks : up * g.blocks].sum())
+            if current + added <= problem.budget and gained / max(added, 1e-12) > best_rate:
+                best, best_rate = (g.id, up), gained / max(added, 1e-12)
+        if best is None:
+            return problem.channels(units)
+        units[best[0]] = best[1]
+
+
 class Allocator(abc.ABC):
     """Chooses keep counts for an :class:`AllocationProblem`.
 

@@ -56,7 +56,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from solvers.base import Allocation, AllocationProblem, Allocator, GroupSpec, InfeasibleBudget
+from solvers.base import Allocation, AllocationProblem, Allocator, InfeasibleBudget, allowed_units
 
 
 def multiple_choice_knapsack(values: Sequence[np.ndarray], weights: Sequence[np.ndarray], capacity: int) -> list[int]:
@@ -95,13 +95,6 @@ def multiple_choice_knapsack(values: Sequence[np.ndarray], weights: Sequence[np.
     return picks[::-1]
 
 
-def hardware_options(group: GroupSpec, channel_step: int) -> np.ndarray:
-    """Unit counts a group may keep: from ``min_units`` to all, channels a multiple of ``channel_step``."""
-    units = np.arange(group.min_units, group.units + 1)
-    allowed = ((units * group.blocks) % channel_step == 0) | (units == group.units)
-    return units[allowed]
-
-
 class HALP(Allocator):
     """Latency-saliency knapsack with HALP's step schedule; takes any additive-ish cost (latency, MACs, params)."""
 
@@ -126,7 +119,7 @@ class HALP(Allocator):
         problem.check_feasible()
         if problem.budget <= 0:
             raise ValueError(f"HALP's exponential schedule needs a positive budget, not {problem.budget}")
-        options = {g.id: hardware_options(g, self.channel_step) for g in problem.groups}
+        options = {g.id: allowed_units(g, self.channel_step) for g in problem.groups}
         gains = {
             g.id: g.blocks * np.concatenate([[0.0], np.cumsum(np.sort(problem.unit_scores(g))[::-1])])
             for g in problem.groups

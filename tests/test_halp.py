@@ -16,8 +16,8 @@ from autoprune.importance import get_criterion
 from autoprune.measure import CostModel, count_cost, torch_latency_ms
 from autoprune.measure.latency_table import LatencyTable
 from autoprune.surgery import apply_plan, make_plan
-from solvers.base import AllocationProblem, GroupSpec, InfeasibleBudget
-from solvers.knapsack import HALP, hardware_options, multiple_choice_knapsack
+from solvers.base import AllocationProblem, GroupSpec, InfeasibleBudget, allowed_units
+from solvers.knapsack import HALP, multiple_choice_knapsack
 
 X = torch.zeros(1, 3, 32, 32)
 
@@ -80,7 +80,7 @@ def test_halp_is_optimal_when_costs_are_separable():
 
 def test_channel_step_keeps_multiples_or_the_whole_group():
     group = GroupSpec(id="g", channels=20, min_units=3)
-    assert hardware_options(group, 8).tolist() == [8, 16, 20]
+    assert allowed_units(group, 8).tolist() == [8, 16, 20]
     problem = AllocationProblem(
         groups=(group, GroupSpec(id="h", channels=16)),
         scores={"g": np.arange(20.0), "h": np.arange(16.0)},

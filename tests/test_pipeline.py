@@ -97,6 +97,16 @@ def test_every_method_runs_end_to_end_and_meets_a_macs_budget(tmp_path, trained_
     assert report["criterion"] == (criterion or {"nap": "kfac", "itpruner": "l1", "halp": "taylor"}[method])
 
 
+@pytest.mark.parametrize("method", ["global", "halp"])
+def test_a_channel_step_keeps_every_pruned_width_a_multiple_of_it(tmp_path, trained_resnet20, method):
+    """global is snapped after allocating; halp takes the step into its knapsack."""
+    report = run(spec(tmp_path, trained_resnet20, method=method, channel_step=8, finetune=FinetuneConfig(epochs=0),
+                      calibration_batches=2, export_onnx=False, export_pt2=False))  # fmt: skip
+    pruned = [layer for layer in report["layers"] if layer["channels_after"] < layer["channels_before"]]
+    assert pruned and all(layer["channels_after"] % 8 == 0 for layer in pruned)
+    assert 0.4 <= report["flops_ratio"] <= 0.5  # ResNet-20's 16-wide stage leaves coarse choices
+
+
 def test_halp_meets_a_measured_latency_target(tmp_path, trained_resnet20):
     from autoprune.measure import torch_latency_ms
     from autoprune.models import create_model, load_weights

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -119,3 +121,29 @@ def test_infeasible_and_invalid_problems():
         GroupSpec(id="a", channels=6, blocks=4)
     with pytest.raises(KeyError):
         get_allocator("nap-that-does-not-exist")
+
+
+def test_snapping_to_a_channel_step_keeps_multiples_and_the_budget():
+    """Nearest multiples when they fit; else the cheapest score loss per cost saved steps down."""
+    from solvers.base import snap_to_step
+
+    groups = (GroupSpec(id="a", channels=32), GroupSpec(id="b", channels=20), GroupSpec(id="c", channels=16))
+    scores = {g.id: np.linspace(1.0, 2.0, g.channels) for g in groups}
+    cost = lambda keep: float(sum(keep.values()))  # noqa: E731 - a linear toy cost
+    fits = AllocationProblem(groups=groups, scores=scores, cost=cost, budget=48.0)
+    assert snap_to_step(fits, {"a": 21, "b": 13, "c": 12}, 8) == {"a": 24, "b": 16, "c": 8}  # 12 → 8 (tie → narrower)
+    assert snap_to_step(fits, {"a": 21, "b": 13, "c": 12}, 1) == {"a": 21, "b": 13, "c": 12}
+    full = AllocationProblem(groups=groups, scores=scores, cost=cost, budget=68.0)
+    assert snap_to_step(full, {"a": 30, "b": 19, "c": 16}, 8) == {"a": 32, "b": 20, "c": 16}  # full widths allowed
+    tight = AllocationProblem(groups=groups, scores=scores, cost=cost, budget=45.0)
+    snapped = snap_to_step(tight, {"a": 21, "b": 13, "c": 11}, 8)  # nearest (48) is over: one group steps down
+    assert all(n % 8 == 0 or n == g.channels for g, n in zip(groups, snapped.values(), strict=True))
+    assert cost(snapped) <= 45.0
+    # brute force over the allowed widths: the greedy step-down loses the least score here
+    options = {"a": [8, 16, 24, 32], "b": [8, 16, 20], "c": [8, 16]}
+
+    def kept_score(keep):
+        return sum(np.sort(scores[g])[::-1][: keep[g]].sum() for g in keep)
+
+    feasible = [dict(zip("abc", k, strict=True)) for k in itertools.product(*options.values()) if sum(k) <= 45]
+    assert kept_score(snapped) == pytest.approx(max(kept_score(k) for k in feasible))

@@ -35,6 +35,8 @@ SUBMIT_BODY = {
                 "search_workers": {"type": "string", "example": "1",
                                    "description": "evolution: worker slots that share its search (1-8; flops/params budgets)"},
                 "search_trials": {"type": "string", "example": "60", "description": "evolution: candidates to evaluate (1-2000)"},
+                "channel_step": {"type": "string", "example": "8",
+                                 "description": "kept widths in multiples of this (1-64; 8 suits onnxruntime)"},
             },
         }}},
     }

@@ -43,7 +43,12 @@ def _batch_of_two(example_input: torch.Tensor) -> torch.Tensor:
 
 def export_onnx(model: nn.Module, path: Path, example_input: torch.Tensor, *, atol: float = 1e-4) -> float:
     """Export with the torch.export-based exporter (one file, dynamic batch) and compare the
-    onnxruntime output with torch's on a random batch; returns the max abs difference."""
+    onnxruntime output with torch's on a random batch; returns the max abs difference.
+
+    The tolerance is ``atol`` times the largest |logit| when that exceeds 1: float32 kernels
+    that sum in a different order differ relatively, so an untrained or deep net with large
+    logits would fail a purely absolute check for no fault of the export.
+    """
     model.eval()
     example_input = _batch_of_two(example_input)
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -66,8 +71,9 @@ def export_onnx(model: nn.Module, path: Path, example_input: torch.Tensor, *, at
         expected = model(x).numpy()
     got = onnx_session(path).run(None, {"input": x.numpy()})[0]
     diff = float(np.abs(got - expected).max())
-    if diff > atol:
-        raise ExportError(f"onnxruntime output differs from torch by {diff:.3g} (> {atol})")
+    tolerance = atol * max(1.0, float(np.abs(expected).max()))
+    if diff > tolerance:
+        raise ExportError(f"onnxruntime output differs from torch by {diff:.3g} (> {tolerance:.3g})")
     return diff
 
 

@@ -153,6 +153,19 @@ def test_form_shows_api_errors_and_other_owners_jobs_stay_hidden(page, service):
         page.goto(f"{service.url}/ui/jobs/{bob_id}")
         expect(page.locator("#job-missing")).to_contain_text("No such job")
         expect(page.locator("#job-body")).to_be_hidden()
+
+        newer = submit(alice)  # two jobs, one per page: the list pages through them, newest first
+        assert newer.status_code == 201, newer.text
+        page.goto(f"{service.url}/?per_page=1")
+        expect(page.locator("#jobs-count")).to_have_text("(1–1 of 2)")
+        expect(page.locator(f'tr[data-job-id="{newer.json()["id"]}"]')).to_be_visible()
+        expect(page.locator("#jobs-newer")).to_be_disabled()
+        page.click("#jobs-older")
+        expect(page.locator("#jobs-count")).to_have_text("(2–2 of 2)")
+        expect(page.locator(f'tr[data-job-id="{mine.json()["id"]}"]')).to_be_visible()
+        expect(page.locator("#jobs-older")).to_be_disabled()
+        page.click("#jobs-newer")
+        expect(page.locator(f'tr[data-job-id="{newer.json()["id"]}"]')).to_be_visible()
     finally:
         service.cancel_all_queued()
 

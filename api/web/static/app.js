@@ -239,14 +239,38 @@ function jobRow(job) {
   );
 }
 
+/** Jobs per page: ?per_page=N (1-100), else 50. */
+function pageSize() {
+  const asked = Number(new URLSearchParams(location.search).get("per_page"));
+  return Number.isInteger(asked) && asked >= 1 && asked <= 100 ? asked : 50;
+}
+
 function jobsView() {
   show($("jobs-view"));
+  const size = pageSize();
+  let offset = 0;
   const refresh = poll(async () => {
-    const page = await apiJson("/jobs?limit=50");
+    const page = await apiJson(`/jobs?limit=${size}&offset=${offset}`);
+    if (page.data.length === 0 && offset > 0) {
+      offset = Math.max(0, offset - size); // the last page emptied (jobs are only ever added, but be safe)
+      return;
+    }
     $("jobs").tBodies[0].replaceChildren(...page.data.map(jobRow));
-    setText($("jobs-count"), page.count > page.data.length ? `(newest ${page.data.length} of ${page.count})` : `(${page.count})`);
+    const range = page.count > page.data.length ? `${offset + 1}–${offset + page.data.length} of ` : "";
+    setText($("jobs-count"), `(${range}${page.count})`);
+    $("jobs-newer").disabled = offset === 0;
+    $("jobs-older").disabled = offset + page.data.length >= page.count;
+    show($("jobs-pages"), page.count > size);
     show($("jobs"), page.count > 0);
     show($("jobs-empty"), page.count === 0);
+  });
+  $("jobs-newer").addEventListener("click", () => {
+    offset = Math.max(0, offset - size);
+    refresh();
+  });
+  $("jobs-older").addEventListener("click", () => {
+    offset += size;
+    refresh();
   });
   setUpSubmitForm(refresh);
 }
@@ -292,6 +316,7 @@ function submission() {
   form.append("budget", JSON.stringify(budget));
   form.append("method", $("method").value);
   if ($("criterion").value) form.append("criterion", $("criterion").value);
+  form.append("channel_step", $("channel-step").value);
   if ($("method").value === "evolution") {
     form.append("search_trials", $("search-trials").value);
     form.append("search_workers", $("search-workers").value);
