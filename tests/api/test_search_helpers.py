@@ -92,3 +92,62 @@ def test_search_workers_are_checked_before_queueing(service, fields, needle):
     response = submit(client, **fields)
     assert response.status_code == 422 and needle in response.json()["detail"], response.text
     assert client.get("/jobs").json()["count"] == 0
+
+
+@pytest.fixture
+def local_worker(tmp_path):
+    """A real Worker on a real SQLite store, driven slot-by-slot (no threads) to test its decisions."""
+    from api.artifacts import ArtifactStore
+    from api.db import make_engine, migrate
+    from api.jobs import SqlJobStore
+    from api.settings import Settings
+    from api.worker.loop import Worker
+
+    settings = Settings(data_dir=tmp_path, heartbeat_s=0.5, lease_s=5)
+    engine = make_engine(settings.db_url)
+    migrate(engine)
+    yield Worker(settings, SqlJobStore(engine), ArtifactStore(tmp_path))
+    engine.dispose()
+
+
+def queue_with_helper(store) -> tuple[str, str]:
+    import uuid
+
+    from api.jobs import NewJob
+
+    job_id = uuid.uuid4().hex
+    store.create(NewJob(id=job_id, owner="o", spec={"method": "evolution"}, inputs={}, max_attempts=3, search_helpers=1))
+    with store.engine.begin() as conn:
+        (helper_id,) = conn.execute(text("SELECT id FROM jobs WHERE parent_id = :id"), {"id": job_id}).one()
+    return job_id, helper_id
+
+
+def helper_row(store, helper_id):
+    with store.engine.begin() as conn:
+        return conn.execute(text("SELECT status, attempt, error_code, result FROM jobs WHERE id = :id"), {"id": helper_id}).one()
+
+
+def test_a_helper_whose_job_is_still_queued_is_given_back_without_spending_an_attempt(local_worker):
+    store = local_worker.store
+    job_id, helper_id = queue_with_helper(store)
+    with store.engine.begin() as conn:  # the lead waits out a retry backoff, so the helper is claimed first
+        conn.execute(text("UPDATE jobs SET run_after = run_after + 3600 WHERE id = :id"), {"id": job_id})
+    helper = store.claim(local_worker.worker_id, 5)
+    assert helper.id == helper_id
+    local_worker._run(helper)  # decides before starting any child
+    row = helper_row(store, helper_id)
+    assert (row.status, row.attempt, row.error_code) == ("queued", 0, "waiting_for_lead")
+
+
+def test_a_helper_claimed_after_its_job_searched_ends_at_once(local_worker):
+    from api.jobs import Lease
+
+    store = local_worker.store
+    job_id, helper_id = queue_with_helper(store)
+    me = local_worker.worker_id
+    lead = store.claim(me, 5)
+    assert lead.id == job_id and store.advance(Lease(job_id=job_id, attempt=1, worker_id=me), "finetune", 0.5)
+    local_worker._run(store.claim(me, 5))
+    row = helper_row(store, helper_id)
+    result = row.result if isinstance(row.result, dict) else json.loads(row.result)
+    assert row.status == "succeeded" and result["joined"] is False and result["trials_added"] == 0
