@@ -191,7 +191,7 @@ def score_model(
         progress("importance", 1.0, {"groups": len(graph.groups), "skipped": list(graph.skipped)})
     inputs = ProblemInputs.measure(
         model, graph, scores, example, reference=reference, data=data, batches=batches, seed=spec.seed,
-        storage=spec.search_storage, report=lambda fraction: progress("allocation", fraction, {}),
+        storage=spec.search_storage,
     )  # fmt: skip
     return Scored(graph=graph, scores=scores, factors=factors, batches=batches, inputs=inputs)
 
@@ -210,6 +210,7 @@ def prune_once(
     timer: Timer,
     progress: Progress,
     device: torch.device,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[nn.Module, PruningPlan, dict[str, Any]]:
     """Score, allocate and cut one step; the result meets ``budget`` on the measured model.
 
@@ -219,6 +220,13 @@ def prune_once(
     example = torch.zeros(1, *data.input_shape)
     scored = score_model(model, data, spec, reference, timer, progress, device)
     graph, scores, factors, batches, inputs = scored.graph, scored.scores, scored.factors, scored.batches, scored.inputs
+
+    def on_trial(fraction: float) -> None:  # a long search reports after each trial: a cancel stops it there
+        if should_stop is not None and should_stop():
+            raise CancelledError("the job was cancelled")
+        progress("allocation", fraction, {})
+
+    inputs.report = on_trial
     if budget.kind == "latency_ms":
         with timer("latency_table"):
             progress("latency_table", 0.0, {"runtime": budget.runtime})
@@ -285,6 +293,7 @@ def help_search(
         model, data = intake(spec)
     scored = score_model(model, data, spec, {}, timer, progress, device)
     scored.inputs.study_name = study_name(spec, spec.budget)
+    scored.inputs.report = lambda fraction: progress("allocation", fraction, {})
     with timer("allocation"), on_device(model, device):
         progress("allocation", 0.0, {"method": spec.method, "role": "helper"})
         allocator = allocator_for(spec, spec.budget)
@@ -366,7 +375,9 @@ def run(
             continue  # this step's cut and fine-tune are in the checkpoint
         resume_training = None
         if step == len(state.plans):
-            model, plan, diag = prune_once(model, data, spec, target, state.reference, timer, progress, device)
+            model, plan, diag = prune_once(
+                model, data, spec, target, state.reference, timer, progress, device, should_stop=should_stop
+            )
             state.plans.append(plan.to_dict())
             state.diagnostics.append(diag)
             state.epochs_done = 0

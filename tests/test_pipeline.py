@@ -132,3 +132,21 @@ def test_nap_obs_compensation_recovers_accuracy_before_any_finetuning(tmp_path, 
     assert compensated["allocation"][0]["obs_compensation"] and not plain["allocation"][0]["obs_compensation"]
     assert compensated["flops_ratio"] == plain["flops_ratio"]  # same plan, different weights
     assert compensated["accuracy_pruned"] > plain["accuracy_pruned"]
+
+
+def test_a_cancel_stops_a_long_search_between_trials(tmp_path, trained_resnet20):
+    """Evolution checks should_stop after every trial: a cancel does not wait for the whole search."""
+    from autoprune.errors import CancelledError
+
+    fractions = []
+
+    def progress(stage, fraction, metrics):
+        if stage == "allocation":
+            fractions.append(fraction)
+
+    stop_after_three = lambda: len(fractions) >= 4  # noqa: E731 - the start report, then three trials
+    with pytest.raises(CancelledError):
+        run(spec(tmp_path, trained_resnet20, method="evolution", search_trials=50, finetune=FinetuneConfig(epochs=0),
+                 calibration_batches=2, export_onnx=False, export_pt2=False),
+            progress=progress, should_stop=stop_after_three)  # fmt: skip
+    assert fractions[1:] == [0.0, 0.02, 0.04]  # stopped at trial 4 of 50
