@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1
 FILE_NAME = "checkpoint.pt"
 # What may differ between attempts of one job without changing the result.
-_PER_ATTEMPT = ("out_dir", "search_storage", "data_label", "device")  # the same run, wherever it runs
+_PER_ATTEMPT = ("out_dir", "search_storage", "search_key", "data_label", "device")  # the same run, wherever it runs
 
 
 def fingerprint(spec: JobSpec) -> str:

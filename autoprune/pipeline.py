@@ -197,8 +197,9 @@ def score_model(
 
 
 def study_name(spec: JobSpec, target: Budget) -> str:
-    """A stored search resumes (or is joined) only for the same spec and the same target."""
-    return f"autoprune-{fingerprint(spec)[:24]}-{target.kind}-{target.value:.9g}"
+    """A stored search resumes (or is joined) only for the same spec, key and target."""
+    key = f"-{spec.search_key}" if spec.search_key else ""
+    return f"autoprune-{fingerprint(spec)[:24]}{key}-{target.kind}-{target.value:.9g}"
 
 
 def prune_once(

@@ -164,6 +164,9 @@ class JobSpec:
     export_pt2: bool = True
     # an SQLAlchemy URL where evolution keeps its Optuna study: a re-run of the spec continues it
     search_storage: str | None = None
+    # scopes that study to one job (the service passes the job id): identical specs of two jobs
+    # then search apart, while a job's attempts and search helpers share its study
+    search_key: str | None = None
     # how the report names the data when ``data`` is a path the user should not see (a server's)
     data_label: str | None = None
 

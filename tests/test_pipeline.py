@@ -150,3 +150,15 @@ def test_a_cancel_stops_a_long_search_between_trials(tmp_path, trained_resnet20)
                  calibration_batches=2, export_onnx=False, export_pt2=False),
             progress=progress, should_stop=stop_after_three)  # fmt: skip
     assert fractions[1:] == [0.0, 0.02, 0.04]  # stopped at trial 4 of 50
+
+
+def test_a_search_key_scopes_the_study_to_one_job_but_not_the_checkpoint(tmp_path):
+    from autoprune.checkpoint import fingerprint
+    from autoprune.pipeline import study_name
+
+    base = spec(tmp_path, "w.safetensors", method="evolution")
+    budget = base.budget
+    one, two = base.evolve(search_key="job-1"), base.evolve(search_key="job-2")
+    assert len({study_name(base, budget), study_name(one, budget), study_name(two, budget)}) == 3
+    assert study_name(one, budget) == study_name(one.evolve(out_dir="elsewhere", device="cpu"), budget)  # attempts agree
+    assert fingerprint(one) == fingerprint(two) == fingerprint(base)  # the same run, so checkpoints still resume

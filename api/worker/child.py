@@ -51,7 +51,10 @@ def main(payload: dict[str, Any], conn: Connection, stop: Event) -> None:
             payload["spec"], data=payload["data"], weights=payload["weights"], out_dir=payload["out_dir"],
             latency_repeats=payload["latency_repeats"], calibration_batches=payload["calibration_batches"],
             model_file=payload["model"],
-        ).evolve(search_storage=payload["search_storage"], data_label=payload["data_label"], device=payload["device"])  # fmt: skip
+        ).evolve(
+            search_storage=payload["search_storage"], search_key=payload["search_key"], data_label=payload["data_label"],
+            device=payload["device"],
+        )  # fmt: skip
         if payload["role"] == "search":  # a helper: stopping is how it normally ends, not a cancel
             result = pipeline.help_search(
                 spec, label=payload["label"], seed=payload["helper_seed"], progress=progress, should_stop=stop.is_set

@@ -128,6 +128,7 @@ class Worker:
             "search_storage": s.search_storage_url,
             "data_label": job.inputs.get("data", {}).get("filename") or job.spec.get("dataset") or "digits",
             "role": job.kind.value, "label": f"helper-{job.id[:8]}", "helper_seed": int(job.id[:8], 16),
+            "search_key": job.parent_id or job.id,  # the job's study, shared by its attempts and helpers
         }  # fmt: skip
 
     def _run(self, job: Job) -> None:
