@@ -17,7 +17,7 @@ from typing import Any
 import onnxruntime
 import torch
 
-from autoprune import pipeline
+from autoprune import prune_step
 
 ROOT = Path(__file__).resolve().parent
 CACHE = ROOT / ".cache"
@@ -53,7 +53,7 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
-def stage_printer(name: str) -> pipeline.Progress:
+def stage_printer(name: str) -> prune_step.Progress:
     """Print each stage once, as it starts: long runs show where they are."""
     seen: set[str] = set()
 

@@ -25,7 +25,7 @@ from baselines import DEVICE, load_baseline
 from common import stage_printer, versions
 from torch import nn
 
-from autoprune import pipeline
+from autoprune import pipeline, prune_step
 from autoprune.data import ImageData
 from autoprune.device import on_device
 from autoprune.errors import SurgeryError
@@ -140,7 +140,7 @@ def tp_run(
     """Torch-Pruning's global pruner, then the pipeline's fine-tune, evaluation and export; writes report.json."""
     if budget.kind != "flops":
         raise ValueError(f"the torch-pruning baseline takes flops budgets, not {budget}")
-    timer = pipeline.Timer()
+    timer = prune_step.Timer()
     say = stage_printer(f"tp:{criterion}")
     model = load_baseline(arch, weights, data)
     example = torch.zeros(1, *data.input_shape)
@@ -153,7 +153,7 @@ def tp_run(
         if criterion == "taylor":  # gradients summed over the pipeline's calibration batches
             model.zero_grad(set_to_none=True)
             with on_device(model, DEVICE):  # moves the gradients back with the weights
-                for x, y in pipeline.calibration(data, CALIBRATION_BATCHES, seed)():
+                for x, y in prune_step.calibration(data, CALIBRATION_BATCHES, seed)():
                     nn.functional.cross_entropy(model(x.to(DEVICE)), y.to(DEVICE), reduction="sum").backward()
     with timer("allocation"):
         say("allocation", 0.0, {})

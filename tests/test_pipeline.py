@@ -154,7 +154,7 @@ def test_a_cancel_stops_a_long_search_between_trials(tmp_path, trained_resnet20)
 
 def test_a_search_key_scopes_the_study_to_one_job_but_not_the_checkpoint(tmp_path):
     from autoprune.checkpoint import fingerprint
-    from autoprune.pipeline import study_name
+    from autoprune.prune_step import study_name
 
     base = spec(tmp_path, "w.safetensors", method="evolution")
     budget = base.budget
