@@ -79,10 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune.add_argument("--schedule", choices=["oneshot", "iterative"], default="oneshot", help="prune once, or in steps with fine-tuning between them")
     prune.add_argument("--steps", type=int, default=3, help="steps of the iterative schedule (default 3)")
-    prune.add_argument("--calibration-batches", type=int, default=8, help="batches of 64 used by data-driven criteria (default 8)")
+    prune.add_argument("--calibration-batches", type=int, default=8, help="batches of 64 that data-driven criteria score on and BatchNorm statistics are re-estimated on (default 8)")
     prune.add_argument(
         "--no-obs-compensation", action="store_true",
-        help="with the kfac criterion, skip NAP's OBS update of the kept weights (and the BN re-estimate)",
+        help="with the kfac criterion, skip NAP's OBS update of the kept weights",
     )
     prune.add_argument("--search-trials", type=int, help="evolution: candidates the search evaluates (default 60)")
     prune.add_argument("--channel-step", type=int, default=1, help="keep widths in multiples of this, e.g. 8 for onnxruntime (default 1)")
@@ -166,7 +166,7 @@ def print_summary(report: dict[str, Any], out: str) -> None:
     ort = report["latency"]
     if "onnxruntime" in ort["after"]:
         row("latency onnxruntime (ms)", ort["before"]["onnxruntime"], ort["after"]["onnxruntime"], ".2f")
-    table.add_row("top-1 (%)", f"{100 * report['accuracy_before']:.2f}", f"{100 * report['accuracy_after']:.2f}", f"pruned, not tuned: {100 * report['accuracy_pruned']:.2f}")
+    table.add_row("top-1 (%)", f"{100 * report['accuracy_before']:.2f}", f"{100 * report['accuracy_after']:.2f}", f"pruned, BN re-estimated: {100 * report['accuracy_pruned']:.2f}")
     console = Console()
     console.print(table)
     console.print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in report["timings"].items()))

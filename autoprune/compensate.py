@@ -8,10 +8,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from autoprune.adaptive_bn import recalibrate
 from autoprune.device import model_device
 from autoprune.graph import PruneGraph
-from autoprune.importance import Batches
 from autoprune.importance.kfac import KronFactors, obs_compensation
 from autoprune.surgery import PruningPlan, apply_plan
 
@@ -22,14 +20,13 @@ def compensated_cut(
     factors: Mapping[nn.Module, KronFactors],
     plan: PruningPlan,
     example_input: torch.Tensor,
-    batches: Batches,
 ) -> nn.Module:
     """Cut ``plan`` from a copy of ``model`` after the OBS update of its remaining weights.
 
-    The update changes conv/linear weights, so batch-norm statistics are re-estimated on the
-    calibration batches afterwards (METHODS.md §1.4). ``model`` itself is untouched. All of it runs
-    on the model's device (the pruned copy is left there), wherever the factors, the example
-    input and the batches are.
+    The update changes conv/linear weights, so batch-norm statistics need re-estimating
+    afterwards (METHODS.md §1.4); the pipeline does that after every cut
+    (:func:`autoprune.prune_step.reestimate_bn`). ``model`` itself is untouched. All of it runs on
+    the model's device (the pruned copy is left there), wherever the factors and the example are.
     """
     example_input = example_input.to(model_device(model))
     names = {module: name for name, module in model.named_modules()}
@@ -38,6 +35,4 @@ def compensated_cut(
     moved = {updated.get_submodule(names[m]): f for m, f in factors.items()}
     with torch.no_grad():
         obs_compensation(updated_graph, moved, plan.keep)
-    pruned = apply_plan(updated, example_input, plan)
-    recalibrate(pruned, batches())
-    return pruned
+    return apply_plan(updated, example_input, plan)

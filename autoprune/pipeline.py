@@ -34,10 +34,12 @@ from autoprune.prune_step import (
     Progress,
     Timer,
     allocator_for,
+    calibration,
     criterion_of,
     model_latency_ms,
     no_progress,
     prune_once,
+    reestimate_bn,
     score_model,
     study_name,
 )
@@ -58,6 +60,8 @@ def validate(spec: JobSpec) -> None:
     get_criterion(criterion_of(spec))
     if spec.schedule == "iterative" and spec.iterative_steps < 1:
         raise BudgetError("an iterative schedule needs at least one step")
+    if not isinstance(spec.calibration_batches, int) or spec.calibration_batches < 1:
+        raise BudgetError(f"calibration_batches must be a positive integer, not {spec.calibration_batches!r}")
     check_device_name(spec.device)  # by name only: the API's validator may have no GPU
     if not isinstance(spec.channel_step, int) or not 1 <= spec.channel_step <= 64:
         raise BudgetError(f"channel_step must be an integer from 1 to 64, not {spec.channel_step!r}")
@@ -228,6 +232,7 @@ def run(
                         resume=resume_training,
                         on_epoch=epoch_done,
                     )
+    reestimate_bn(model, calibration(data, spec.calibration_batches, spec.seed), device)
     plans = [PruningPlan.from_dict(p) for p in state.plans]
     diagnostics, history = state.diagnostics, state.history
     after = count_cost(model, example)
@@ -284,7 +289,9 @@ def run(
             "budget_reference_ms": state.reference.get("latency_ms"),
         },
         "accuracy_before": eval_before.accuracy,
+        # right after the (first) cut, BN statistics re-estimated, not fine-tuned
         "accuracy_pruned": state.pruned_eval["accuracy"] if state.pruned_eval else eval_before.accuracy,
+        "bn_reestimation_batches": spec.calibration_batches,  # after each cut and after fine-tuning
         "accuracy_after": eval_after.accuracy,
         "loss_before": eval_before.loss,
         "loss_after": eval_after.loss,

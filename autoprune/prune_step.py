@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoprune.adaptive_bn import recalibrate
 from autoprune.allocate import ProblemInputs, allocate
 from autoprune.checkpoint import fingerprint
 from autoprune.compensate import compensated_cut
@@ -71,6 +72,19 @@ def calibration(data: ImageData, batches: int, seed: int) -> Callable[[], Iterat
         return iterate_batches(data, "train", 64, shuffle=True, generator=generator, limit=batches)
 
     return batches_fn
+
+
+def reestimate_bn(model: nn.Module, batches: Batches, device: torch.device) -> None:
+    """Re-estimate ``model``'s BatchNorm statistics on ``batches`` (EagleEye's adaptive BN, §3b).
+
+    A cut leaves each BN with the statistics of the unpruned layer below it, often off by orders
+    of magnitude once that layer lost inputs; a short fine-tune's momentum-0.1 average keeps part
+    of them (on digits, 23 steps left 9%: 15% top-1, 72% after re-estimation with the same
+    weights). So the pipeline re-estimates after each cut and after fine-tuning, as a cumulative
+    average over the calibration batches ("precise BN"). Weights are not touched.
+    """
+    with on_device(model, device):
+        recalibrate(model, batches())
 
 
 def criterion_of(spec: JobSpec) -> str:
@@ -207,9 +221,10 @@ def prune_once(
         with timer("surgery"):
             if factors is not None:
                 with on_device(model, device):
-                    pruned = compensated_cut(model, graph, factors, plan, example, batches).cpu()
+                    pruned = compensated_cut(model, graph, factors, plan, example).cpu()
             else:
                 pruned = apply_plan(model, example, plan)
+            reestimate_bn(pruned, batches, device)
             reached = achieved(pruned, example, budget, reference, spec.latency_repeats)
             progress("surgery", 1.0, {budget.kind: reached})
         if reached <= budget.value * (1 + 1e-12):

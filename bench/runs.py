@@ -25,8 +25,8 @@ from autoprune.types import Budget, JobSpec
 
 LATENCY_METHOD = ("halp", "taylor")
 REPORT_KEYS = (
-    "method", "criterion", "budget", "accuracy_before", "accuracy_pruned", "accuracy_after", "macs_before",
-    "macs_after", "flops_ratio", "params_before", "params_after", "timings", "allocation", "layers",
+    "method", "criterion", "budget", "accuracy_before", "accuracy_pruned", "bn_reestimation_batches", "accuracy_after",
+    "macs_before", "macs_after", "flops_ratio", "params_before", "params_after", "timings", "allocation", "layers",
 )  # fmt: skip
 
 

@@ -325,6 +325,21 @@ def fidelity_markdown(result: Mapping[str, Any]) -> list[str]:
 # --- the whole file --------------------------------------------------------------------------
 
 
+def bn_note(rows: Sequence[Row]) -> str:
+    """What "pruned, not tuned" measured: runs since 2026-12-01 re-estimate BN statistics after the cut."""
+    fresh = sum("bn_reestimation_batches" in r for r in rows)
+    if fresh == len(rows):
+        return (
+            "Pruned, not tuned: right after the cut, with BatchNorm statistics re-estimated on the calibration "
+            "batches (as after fine-tuning too)."
+        )
+    return (
+        f"Pruned, not tuned: right after the cut; {len(rows) - fresh} of {len(rows)} runs predate BatchNorm "
+        "re-estimation (2026-12-01) and show the statistics inherited from the unpruned model, mostly near chance "
+        "(nap:kfac re-estimated them already, after its OBS update)."
+    )
+
+
 def arch_section(suite: Mapping[str, Any]) -> list[str]:
     rows, base, s = suite["runs"], suite["baseline"], suite["settings"]
     ft = s["finetune"]
@@ -340,6 +355,8 @@ def arch_section(suite: Mapping[str, Any]) -> list[str]:
         f"Pruning/fine-tune seeds: {seeds}. Latency: median of {s['latency_repeats']} runs, "
         f"{suite['args']['threads']} thread(s), from the exported files ({load_note(base, rows)}). "
         "Search s = importance + allocation (+ HALP's latency table; Torch-Pruning: its ratio bisection).",
+        "",
+        f"{bn_note(done(rows))}",
         "",
         f"Written {suite['date']} on {suite['machine']}. {len(done(rows))} of {len(rows)} runs finished; their "
         f"stages took {sum(sum(r['timings'].values()) for r in done(rows)) / 3600:.1f} h in all (as they ran, "

@@ -5,7 +5,8 @@
 ``group_norm`` is ``GroupMagnitudeImportance(p=2)``: Torch-Pruning 1.6.1 has no
 ``GroupNormImportance``; the DepGraph paper's group norm is this importance (its
 ``GroupNormPruner`` adds sparse training, which is not run here). Its ratio counts channels, so
-it is bisected until the MACs meet the target. The cut is turned into our ``PruningPlan``
+it is bisected until the MACs meet the target. BatchNorm statistics are re-estimated after the
+cut and after fine-tuning, as the pipeline does for its own methods. The cut is turned into our ``PruningPlan``
 (checked to replay to exactly Torch-Pruning's weights), so the exported ``spec.json`` +
 ``model.safetensors`` reload like any pipeline run's; fine-tune, evaluation and export are the
 pipeline's.
@@ -161,11 +162,15 @@ def tp_run(
     with timer("surgery"):
         plan = plan_of(model, example, cut)
     pruned = cut.model
+    batches = prune_step.calibration(data, CALIBRATION_BATCHES, seed)
+    prune_step.reestimate_bn(pruned, batches, DEVICE)  # as the pipeline does after each cut and fine-tune
     with on_device(pruned, DEVICE):
         eval_pruned = evaluate(pruned, data)
         with timer("finetune"):
             say("finetune", 0.0, {})
             stats = finetune(pruned, data, cfg, teacher=teacher, seed=seed)
+    prune_step.reestimate_bn(pruned, batches, DEVICE)
+    with on_device(pruned, DEVICE):
         eval_after = evaluate(pruned, data)
     after = count_cost(pruned, example)
     with timer("export"):
@@ -190,6 +195,7 @@ def tp_run(
         "params_ratio": after.params / before.params,
         "accuracy_before": eval_before.accuracy,
         "accuracy_pruned": eval_pruned.accuracy,
+        "bn_reestimation_batches": CALIBRATION_BATCHES,
         "accuracy_after": eval_after.accuracy,
         "loss_before": eval_before.loss,
         "loss_after": eval_after.loss,

@@ -416,7 +416,7 @@ function renderSummary(report) {
       h("td", {}, (after * scale).toFixed(digits)), h("td", {}, note || ratio)));
   };
   row("top-1 (%)", report.accuracy_before, report.accuracy_after, 100, 2,
-    num(report.accuracy_pruned) ? `pruned, not tuned: ${(100 * report.accuracy_pruned).toFixed(2)}` : "");
+    num(report.accuracy_pruned) ? `pruned, BN re-estimated: ${(100 * report.accuracy_pruned).toFixed(2)}` : "");
   row("MACs (M)", report.macs_before, report.macs_after, 1e-6, 2);
   row("params (M)", report.params_before, report.params_after, 1e-6, 3);
   row("latency torch (ms)", report.latency_ms_before, report.latency_ms_after, 1, 2);
