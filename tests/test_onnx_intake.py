@@ -127,6 +127,14 @@ def test_spec_rebuilds_the_pruned_graph_from_its_own_directory(resnet_onnx, tmp_
         write_json(out / "bad.json", {**spec.to_dict(), "arch": arch})
         with pytest.raises(ModelIntakeError, match="relative path without"):
             load_pruned(out / "bad.json", out / "model.safetensors")
+    # a link inside the directory may point within it, never out of it
+    (out / "inside.onnx").symlink_to(out / "source.onnx")
+    write_json(out / "linked.json", {**spec.to_dict(), "arch": "onnx:inside.onnx"})
+    load_pruned(out / "linked.json", out / "model.safetensors")
+    (out / "outside.onnx").symlink_to(resnet_onnx)
+    write_json(out / "escaping.json", {**spec.to_dict(), "arch": "onnx:outside.onnx"})
+    with pytest.raises(ModelIntakeError, match="outside the spec's directory"):
+        load_pruned(out / "escaping.json", out / "model.safetensors")
 
 
 def test_every_unsupported_op_is_named_with_the_opset(tmp_path):

@@ -81,7 +81,7 @@ class ModelSpec:
         """A fresh instance (random weights; an ONNX graph's own) with every plan applied (the pruned shapes)."""
         arch = self.arch
         if arch.startswith(ONNX_PREFIX) and self.base_dir is not None:
-            arch = ONNX_PREFIX + str(self.base_dir / arch.removeprefix(ONNX_PREFIX))
+            arch = ONNX_PREFIX + str(_inside(self.base_dir, arch.removeprefix(ONNX_PREFIX)))
         model = create_model(arch, num_classes=self.num_classes, in_channels=self.input_shape[0])
         for plan in self.plans:
             model = apply_plan(model, self.example_input(), plan)
@@ -107,6 +107,15 @@ def _check_onnx_reference(arch: str) -> None:
     ref = PurePath(arch.removeprefix(ONNX_PREFIX))
     if not ref.parts or ref.is_absolute() or ".." in ref.parts:
         raise ModelIntakeError(f"spec arch {arch!r}: an onnx: reference must be a relative path without '..'")
+
+
+def _inside(base_dir: Path, ref: str) -> Path:
+    """``base_dir / ref`` with links resolved; it must stay in ``base_dir`` (a link may not lead out)."""
+    base = base_dir.resolve()
+    path = (base / ref).resolve()
+    if not path.is_relative_to(base):
+        raise ModelIntakeError(f"spec arch onnx:{ref} resolves to {path}, outside the spec's directory {base}")
+    return path
 
 
 def load_pruned(spec: str | Path | Mapping[str, Any] | ModelSpec, weights: str | Path) -> nn.Module:
