@@ -1,7 +1,15 @@
 """Global ranking: keep the best-scored channels network-wide until the budget is spent.
 
-Scores are made comparable across groups by dividing each group's scores by their L2 norm (the
-per-layer normalisation of Molchanov et al. 2017, applied to every criterion). Each group keeps
+Scores are made comparable across groups by dividing each group's scores by their root mean
+square: the per-layer L2 normalisation of Molchanov et al. 2017 (applied to every criterion)
+times √n for a group of n units. **Simplification of the paper, on purpose:** after plain L2
+normalisation a group's scores average about 1/√n, so wide layers look unimportant because they
+are wide. Molchanov prunes one map at a time with fine-tuning and a FLOPs penalty in between,
+which hides that; cut in one shot it collapses them. On digits, a ResNet-20 at half the MACs
+kept 15% of its params and 69.2% top-1 after one fine-tune epoch (L2; attribution scores:
+layer3 cut to 7 of 64 channels, 15.6%), against 55% of its params and 74.2% (RMS; attribution
+67.5%; uniform-L1 67.8%). Torch-Pruning's default ``normalizer="mean"`` removes the same bias.
+Each group keeps
 at least its ``min_units`` best units; the remaining units are ranked together and the longest
 prefix of the ranking that fits the budget is kept (bisection on the real cost function, which
 is monotone in the prefix length). Per-layer ratios fall out of the ranking.
@@ -49,9 +57,10 @@ def keep_best_prefix(problem: AllocationProblem, unit_scores: Mapping[str, np.nd
 
 class GlobalRank(Allocator):
     def allocate(self, problem: AllocationProblem) -> Allocation:
-        normalised: dict[str, np.ndarray] = {}
-        for g in problem.groups:
-            scores = problem.unit_scores(g)
-            norm = float(np.linalg.norm(scores))
-            normalised[g.id] = scores / norm if norm > 0 else np.full_like(scores, 1.0 / np.sqrt(len(scores)))
-        return keep_best_prefix(problem, normalised)
+        return keep_best_prefix(problem, {g.id: rms_normalised(problem.unit_scores(g)) for g in problem.groups})
+
+
+def rms_normalised(scores: np.ndarray) -> np.ndarray:
+    """``scores`` over their root mean square (all ones when they are all zero)."""
+    rms = float(np.sqrt(np.mean(np.square(scores))))
+    return scores / rms if rms > 0 else np.ones_like(scores)

@@ -293,7 +293,7 @@ def toy(
 
 def test_nap_ranks_raw_loss_increases_not_per_layer_normalised_scores():
     # Pool (each group keeps its best): a: 50, 40, 30; b: 1, 1, 1. Three more channels fit:
-    # raw loss increases keep a's three; L2-normalised (GlobalRank) would keep a: .41 and b: .38, .38.
+    # raw loss increases keep a's three; RMS-normalised (GlobalRank) keeps a: .82 and b: .76, .76.
     problem = toy(5, {"a": [100, 50, 40, 30], "b": [2, 1, 1, 1]})
     assert dict(NAP().allocate(problem).keep) == {"a": 4, "b": 1}
     assert dict(get_allocator("global").allocate(problem).keep) == {"a": 2, "b": 3}

@@ -92,12 +92,19 @@ def toy(budget: float, scores: dict[str, list[float]], blocks: int = 1) -> Alloc
 
 
 def test_global_ranking_keeps_the_best_normalised_channels():
-    # After per-group L2 normalisation: a = [.8, .6, 0], b = [.28, .96]; best 3 of the
-    # non-mandatory units (each group keeps its best one) are a: .6 and b: .28 → budget 4.
+    # After per-group RMS normalisation: a = [1.39, 1.04, 0], b = [.40, 1.36]; each group keeps its
+    # best one, and the best 2 of the rest are a: 1.04 and b: .40 → budget 4.
     problem = toy(4, {"a": [4, 3, 0], "b": [1, 3.43]})
     allocation = get_allocator("global").allocate(problem)
     assert dict(allocation.keep) == {"a": 2, "b": 2}
     assert allocation.cost == 4
+
+
+def test_global_ranking_does_not_penalise_a_group_for_being_wide():
+    # b is a four times over. Plain L2 normalisation scales b's scores down by 2 against a's and
+    # keeps a: 4 (all), b: 6 of 16; RMS normalisation keeps both at half.
+    problem = toy(10, {"a": [2, 2, 1, 1], "b": [2] * 8 + [1] * 8})
+    assert dict(get_allocator("global").allocate(problem).keep) == {"a": 2, "b": 8}
 
 
 def test_uniform_keeps_equal_ratios_up_to_one_unit():

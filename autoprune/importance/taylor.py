@@ -7,7 +7,7 @@ taken per example, so opposite signs in a batch do not cancel). The feature map 
 output of its batch-norm layers (what the next layer sees when a channel is removed), or of its
 conv/linear layers where it has no batch norm; coupled maps (residual adds) are summed. The
 per-layer L2 normalisation the paper applies before global ranking is done by the global
-allocator, for every criterion alike.
+allocator (scaled by √n, see ``solvers/global_rank.py``), for every criterion alike.
 """
 
 from __future__ import annotations
