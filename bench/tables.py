@@ -336,7 +336,8 @@ def bn_note(rows: Sequence[Row]) -> str:
     return (
         f"Pruned, not tuned: right after the cut; {len(rows) - fresh} of {len(rows)} runs predate BatchNorm "
         "re-estimation (2026-12-01) and show the statistics inherited from the unpruned model, mostly near chance "
-        "(nap:kfac re-estimated them already, after its OBS update)."
+        "(nap:kfac re-estimated them already, after its OBS update). They also predate `global`'s per-layer RMS "
+        "normalisation (it used plain L2, which guts wide layers): its rows here are the old method."
     )
 
 
