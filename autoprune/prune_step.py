@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autoprune.adaptive_bn import recalibrate
+from autoprune.adaptive_bn import batch_norms, recalibrate
 from autoprune.allocate import ProblemInputs, allocate
 from autoprune.checkpoint import fingerprint
 from autoprune.compensate import compensated_cut
@@ -83,6 +83,8 @@ def reestimate_bn(model: nn.Module, batches: Batches, device: torch.device) -> N
     weights). So the pipeline re-estimates after each cut and after fine-tuning, as a cumulative
     average over the calibration batches ("precise BN"). Weights are not touched.
     """
+    if not batch_norms(model):  # e.g. an ONNX graph, whose BN onnx2torch folded away
+        return
     with on_device(model, device):
         recalibrate(model, batches())
 
