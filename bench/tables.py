@@ -431,6 +431,13 @@ def readme_summary(suites: Sequence[Mapping[str, Any]], header: Mapping[str, str
             f"| method | {head} |",
             "|---|" + "---|" * (2 * len(labels)),
         ]
+        old = [r for r in done(rows) if "bn_reestimation_batches" not in r]
+        if old:  # the note goes above the table
+            lines[-2:-2] = [
+                f"{len(old)} of these runs predate 2026-12-01: no BatchNorm re-estimation after the cut and "
+                "fine-tune, and `global:*` is the old plain-L2 ranking that guts wide layers.",
+                "",
+            ]
         by_label = {label: cells([r for r in rows if r["label"] == label and r["kind"] == "main"]) for label in labels}
         lat = base["latency_ms"]
         for name in dict.fromkeys(name for _, name in by_label[labels[0]]):
