@@ -4,8 +4,8 @@
     oracle loss change of removing the channel (its feature map zeroed wherever the group produces
     it, so the next layers see exactly what surgery would leave; mean cross-entropy on a fixed set
     of training batches, BN in eval mode) against each criterion's score: Spearman ρ per layer,
-    their mean, and pooled over all sampled channels with the scores L2-normalised per layer (what
-    the global allocator ranks). Criteria: the product's taylor, l1, chip, attribution and kfac,
+    their mean, and pooled over all sampled channels with the scores L2-normalised per layer
+    (Molchanov 2017) and RMS-normalised (what the global allocator ranks since 2026-12-01). Criteria: the product's taylor, l1, chip, attribution and kfac,
     and Molchanov's mean-activation baseline (the mean of the rectified feature map). The oracle
     uses |ΔL| (the paper's "oracle-abs"); the signed ΔL is in the json too.
 (b) CHIP's claim that its channel-independence ranking is robust to the input samples: CHIP scores
@@ -43,6 +43,7 @@ from autoprune.graph import PruneGraph, build_graph
 from autoprune.importance import get_criterion
 from autoprune.importance.base import Batches, GroupScores, gradient_statistics, scatter_to_channels
 from autoprune.importance.taylor import feature_points, summed_cross_entropy
+from solvers.global_rank import rms_normalised
 
 ORACLE_CRITERIA = ("taylor", "l1", "activation", "chip", "attribution", "kfac")
 STABILITY_CRITERIA = ("chip", "taylor")
@@ -161,10 +162,12 @@ def oracle_check(graph: PruneGraph, batches: Batches, per_layer: int, seed: int)
         per_layer_rho = [r["rho"][name] for r in layers if r["rho"][name] is not None]
         signed = [r["rho_signed"][name] for r in layers if r["rho_signed"][name] is not None]
         normalised = np.concatenate([l2_normalised(scores[name][g])[c] for g, c in sampled.items()])
+        rms = np.concatenate([rms_normalised(scores[name][g])[c] for g, c in sampled.items()])
         summary[name] = {
             "mean_rho": float(np.mean(per_layer_rho)) if per_layer_rho else None,
             "mean_rho_signed": float(np.mean(signed)) if signed else None,
-            "pooled_rho_l2_normalised": spearman(normalised, pooled_delta),
+            "pooled_rho_l2_normalised": spearman(normalised, pooled_delta),  # Molchanov 2017's normalisation
+            "pooled_rho_rms_normalised": spearman(rms, pooled_delta),  # the global allocator's (since 2026-12-01)
             "layers": len(per_layer_rho),
             "seconds": seconds[name],
         }

@@ -267,7 +267,8 @@ def fidelity_markdown(result: Mapping[str, Any]) -> list[str]:
         f"images (BN in eval mode; base loss {oracle['base_loss']:.4f}); {oracle['sampled_channels']} channels, "
         f"at most {oracle['channels_per_layer']} per layer (seed {result['args']['seed']}). Criteria scored on the "
         "same images. Spearman ρ of each criterion with |ΔL| per layer; *mean* is over layers, *pooled* ranks all "
-        "sampled channels together with the scores L2-normalised per layer (the global allocator's ranking).",
+        "sampled channels together with the scores L2-normalised per layer (Molchanov 2017) and, since 2026-12-01, "
+        "RMS-normalised (the global allocator's ranking).",
         "",
         "| layer | channels | sampled | mean \\|ΔL\\| | " + " | ".join(names) + " |",
         "|---|---|---|---|" + "---|" * len(names),
@@ -281,6 +282,11 @@ def fidelity_markdown(result: Mapping[str, Any]) -> list[str]:
     lines += [
         "| **mean over layers** | | | | " + " | ".join(f"**{rho(summary[n]['mean_rho'])}**" for n in names) + " |",
         "| pooled, L2-normalised | | | | " + " | ".join(rho(summary[n]["pooled_rho_l2_normalised"]) for n in names) + " |",
+        *(  # fidelity runs before 2026-12-01 did not compute it
+            ["| pooled, RMS-normalised (`global`) | | | | "
+             + " | ".join(rho(summary[n]["pooled_rho_rms_normalised"]) for n in names) + " |"]
+            if all("pooled_rho_rms_normalised" in summary[n] for n in names) else []
+        ),
         "| mean ρ with signed ΔL | | | | " + " | ".join(rho(summary[n]["mean_rho_signed"]) for n in names) + " |",
         "| scoring s | | | | " + " | ".join(f"{summary[n]['seconds']:.1f}" for n in names) + " |",
         "",
