@@ -67,8 +67,9 @@ class JobService:
         if not isinstance(spec["finetune"], dict):
             raise ApiError(422, "invalid_spec", "'finetune' must be a JSON object such as {\"epochs\": 5}")
         s = self.settings  # raises BudgetError / SpecError (422) for malformed values
-        to_jobspec(spec, data="digits", weights=None, out_dir="-", latency_repeats=s.latency_repeats,
-                   calibration_batches=s.calibration_batches, model_file="-")  # fmt: skip
+        checked = to_jobspec(spec, data="digits", weights=None, out_dir="-", latency_repeats=s.latency_repeats,
+                             calibration_batches=s.calibration_batches, model_file="-")  # fmt: skip
+        spec["method"] = checked.method  # "auto" stored as the allocator it stands for
         return spec
 
     def _suffixes(self, form: Form) -> dict[str, str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from autoprune.errors import AutopruneError
-from autoprune.types import DEFAULT_METHOD, Budget, FinetuneConfig, JobSpec
+from autoprune.types import DEFAULT_METHOD, Budget, FinetuneConfig, JobSpec, resolve_method
 
 
 def _finetune_flags(parser: argparse.ArgumentParser, epochs: int) -> None:
@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--latency-batch", type=int, default=1, help="batch size at which latency is measured (default 1)")
     prune.add_argument(
         "--method", default=DEFAULT_METHOD,
-        help=f"allocator: uniform | global | nap | itpruner | evolution | halp (default {DEFAULT_METHOD}); "
+        help=f"allocator: uniform | global | nap | itpruner | evolution | halp, or {DEFAULT_METHOD} (the default: "
+        "uniform for flops/params budgets, halp for latency budgets, as the benchmark supports); "
         "latency budgets: halp or evolution",
     )
     prune.add_argument(
@@ -233,7 +234,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ]
     if main(train_args) != 0:
         return 1
-    print(f"2/2 pruning to half the MACs ({DEFAULT_METHOD}), fine-tuning with distillation, exporting")
+    method = resolve_method(DEFAULT_METHOD, Budget.parse("flops=0.5"))
+    print(f"2/2 pruning to half the MACs ({DEFAULT_METHOD}: {method}), fine-tuning with distillation, exporting")
     return main(prune_args)
 
 

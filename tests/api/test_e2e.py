@@ -135,7 +135,7 @@ def test_autoprune_submit_waits_with_progress_and_downloads(service, worker, wei
     assert len(progress) < 40  # not one line per poll
     assert {"model.safetensors", "spec.json", "report.json", "report.html"} <= {p.name for p in out.iterdir()}
     summary = json.loads(finished.stdout[finished.stdout.index("{"):])
-    assert summary["method"] == "halp"  # the default
+    assert summary["method"] == "uniform"  # the default, auto, for a flops budget
     report = json.loads((out / "report.json").read_text())
     model = autoprune.load_pruned(out / "spec.json", out / "model.safetensors")
     assert sum(p.numel() for p in model.parameters()) == report["params_after"]
