@@ -232,7 +232,8 @@ def run(
                         resume=resume_training,
                         on_epoch=epoch_done,
                     )
-    reestimate_bn(model, calibration(data, spec.calibration_batches, spec.seed), device)
+    if sum(step_epochs):  # after training; each cut already re-estimated its own
+        reestimate_bn(model, calibration(data, spec.calibration_batches, spec.seed), device)
     plans = [PruningPlan.from_dict(p) for p in state.plans]
     diagnostics, history = state.diagnostics, state.history
     after = count_cost(model, example)

@@ -5,7 +5,8 @@
     it, so the next layers see exactly what surgery would leave; mean cross-entropy on a fixed set
     of training batches, BN in eval mode) against each criterion's score: Spearman ρ per layer,
     their mean, and pooled over all sampled channels with the scores L2-normalised per layer
-    (Molchanov 2017) and RMS-normalised (what the global allocator ranks since 2026-12-01). Criteria: the product's taylor, l1, chip, attribution and kfac,
+    (Molchanov 2017) and RMS-normalised (what the global allocator ranks since 2026-12-01).
+    Criteria: the product's taylor, l1, chip, attribution and kfac,
     and Molchanov's mean-activation baseline (the mean of the rectified feature map). The oracle
     uses |ΔL| (the paper's "oracle-abs"); the signed ΔL is in the json too.
 (b) CHIP's claim that its channel-independence ranking is robust to the input samples: CHIP scores

@@ -331,9 +331,14 @@ def fidelity_markdown(result: Mapping[str, Any]) -> list[str]:
 # --- the whole file --------------------------------------------------------------------------
 
 
+def predating(rows: Sequence[Row]) -> list[Row]:
+    """Runs from before 2026-12-01: no BN re-estimation, and the plain-L2 ``global`` ranking."""
+    return [r for r in rows if "bn_reestimation_batches" not in r]
+
+
 def bn_note(rows: Sequence[Row]) -> str:
     """What "pruned, not tuned" measured: runs since 2026-12-01 re-estimate BN statistics after the cut."""
-    fresh = sum("bn_reestimation_batches" in r for r in rows)
+    fresh = len(rows) - len(predating(rows))
     if fresh == len(rows):
         return (
             "Pruned, not tuned: right after the cut, with BatchNorm statistics re-estimated on the calibration "
@@ -437,7 +442,7 @@ def readme_summary(suites: Sequence[Mapping[str, Any]], header: Mapping[str, str
             f"| method | {head} |",
             "|---|" + "---|" * (2 * len(labels)),
         ]
-        old = [r for r in done(rows) if "bn_reestimation_batches" not in r]
+        old = predating(done(rows))
         if old:  # the note goes above the table
             lines[-2:-2] = [
                 f"{len(old)} of these runs predate 2026-12-01: no BatchNorm re-estimation after the cut and "
