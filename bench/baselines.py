@@ -131,11 +131,15 @@ def measure_latency(bundle: Path, threads: int, repeats: int) -> dict[str, Any]:
     return out
 
 
-def latency_of(bundle: Path, threads: int, repeats: int, *, remeasure: bool) -> dict[str, Any]:
-    """latency.json if it was timed with these threads (and not ``remeasure``), else a fresh timing."""
+def latency_of(bundle: Path, threads: int, repeats: int, *, remeasure: bool, reuse_any: bool = False) -> dict[str, Any]:
+    """latency.json if it was timed with these threads (and not ``remeasure``), else a fresh timing.
+
+    ``reuse_any`` (``--no-run``) takes latency.json whatever its threads: tabulating must not re-time
+    finished runs under whatever load there is now (each timing records its threads and load).
+    """
     path = bundle / "latency.json"
     if path.exists() and not remeasure:
         cached = read_json(path)
-        if cached.get("threads") == threads:
+        if reuse_any or cached.get("threads") == threads:
             return cached
     return measure_latency(bundle, threads, repeats)

@@ -59,7 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--high-budgets", default=HIGH_BUDGETS, help="fidelity check (d): budgets; empty skips it")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-only", action="store_true", help="train the baselines of --archs, run nothing else")
-    parser.add_argument("--no-run", action="store_true", help="run nothing: tabulate the finished runs")
+    parser.add_argument(
+        "--no-run", action="store_true", help="run nothing: tabulate the finished runs (their latency.json as timed)"
+    )
     parser.add_argument("--only-latency", action="store_true", help="re-time finished runs and rewrite the tables")
     args = parser.parse_args(argv)
     args.arch_list = [a.strip() for a in args.archs.split(",") if a.strip()]
@@ -80,7 +82,9 @@ def run_arch(arch: str, args: argparse.Namespace, settings: Settings, data: Imag
     """Run (or reuse) every cell of ``arch``; returns the arch's results and whether any run failed."""
     weights, meta = train_baseline(settings, arch)
     bundle = baseline_bundle(settings, arch, weights, data)
-    base_latency = latency_of(bundle, args.threads, settings.latency_repeats, remeasure=args.only_latency)
+    base_latency = latency_of(
+        bundle, args.threads, settings.latency_repeats, remeasure=args.only_latency, reuse_any=args.no_run
+    )
     cost = count_cost(load_baseline(arch, weights, data), torch.zeros(1, *data.input_shape))
     base = {
         **{k: meta[k] for k in ("accuracy", "loss", "epochs", "recipe", "seconds") if k in meta},
@@ -106,7 +110,9 @@ def run_arch(arch: str, args: argparse.Namespace, settings: Settings, data: Imag
                     failed = True
             latency = None
             if is_done(run, settings, seed, weights):
-                latency = latency_of(out, args.threads, settings.latency_repeats, remeasure=args.only_latency)
+                latency = latency_of(
+                    out, args.threads, settings.latency_repeats, remeasure=args.only_latency, reuse_any=args.no_run
+                )
             rows.append(collect(run, settings, seed, latency))
     suite = {
         "arch": arch,

@@ -117,6 +117,13 @@ def method_table(rows: Sequence[Row], base: Row) -> list[str]:
     return lines
 
 
+def threads_note(suite: Mapping[str, Any], rows: Sequence[Row]) -> str:
+    """The thread counts the timings recorded (``--no-run`` keeps timings made with other ``--threads``)."""
+    timings = [suite["baseline"]["latency_ms"], *(r.get("latency_ms") or {} for r in done(rows))]
+    counts = sorted({t.get("threads", suite["args"]["threads"]) for t in timings if t})
+    return " or ".join(str(c) for c in counts) + " thread(s)"
+
+
 def load_note(base: Row, rows: Sequence[Row]) -> str:
     """The load averages recorded with the timings (older timings did not record one)."""
     loads = [r["latency_ms"]["load_average"] for r in done(rows) if "load_average" in (r.get("latency_ms") or {})]
@@ -365,7 +372,7 @@ def arch_section(suite: Mapping[str, Any]) -> list[str]:
         f"Fine-tune for every method: {ft['epochs']} epoch(s){cap}, SGD lr {ft['lr']} cosine, batch {ft['batch_size']}, "
         f"distillation from the unpruned model (weight {ft['distill_weight']}, T={ft['temperature']:g}). "
         f"Pruning/fine-tune seeds: {seeds}. Latency: median of {s['latency_repeats']} runs, "
-        f"{suite['args']['threads']} thread(s), from the exported files ({load_note(base, rows)}). "
+        f"{threads_note(suite, rows)}, from the exported files ({load_note(base, rows)}). "
         "Search s = importance + allocation (+ HALP's latency table; Torch-Pruning: its ratio bisection).",
         "",
         f"{bn_note(done(rows))}",
