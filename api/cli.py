@@ -49,6 +49,7 @@ def add_commands(sub: Any) -> None:
                         help="evolution: worker slots that share the search (default 1)")  # fmt: skip
     submit.add_argument("--search-trials", type=int, help="evolution: candidates the search evaluates (default 60)")
     submit.add_argument("--channel-step", type=int, default=1, help="kept widths in multiples of this, e.g. 8 (default 1)")
+    submit.add_argument("--exports", default="onnx,pt2", help="formats besides safetensors: onnx, pt2, both (default) or none")
     submit.add_argument("--wait", action="store_true", help="poll until the job finishes, showing progress")
     submit.add_argument("--download", metavar="DIR", help="with --wait: download every artifact into DIR")
     submit.set_defaults(func=cmd_submit)
@@ -114,7 +115,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not args.token:
         raise SystemExit("error: give --token or set AUTOPRUNE_TOKEN (autoprune token create --owner NAME)")
     fields = {"arch": args.arch, "budget": args.budget, "method": args.method, "finetune": args.finetune,
-              "search_workers": str(args.search_workers), "channel_step": str(args.channel_step)}  # fmt: skip
+              "search_workers": str(args.search_workers), "channel_step": str(args.channel_step),
+              "exports": args.exports}  # fmt: skip
     if args.criterion:
         fields["criterion"] = args.criterion
     if args.search_trials is not None:

@@ -20,6 +20,7 @@ class SpecError(AutopruneError):
 
 MAX_SEARCH_WORKERS = 8  # worker slots one evolution search may take: the lead and its helpers
 MAX_SEARCH_TRIALS = 2000  # candidates one evolution search may evaluate
+EXPORTS = ("onnx", "pt2")  # formats a job writes besides safetensors + spec.json (field `exports`)
 ONNX_ARCH = "onnx"  # the stored arch of a job whose model is its uploaded ONNX graph
 ONNX_PREFIX = "onnx:"  # autoprune.models.onnx_graph.ONNX_PREFIX; importing it would pull in torch
 
@@ -59,6 +60,9 @@ def to_jobspec(
         raise SpecError(f"search_trials must be an integer from 1 to {MAX_SEARCH_TRIALS}, not {trials!r}")
     if trials is not None and spec.get("method") != "evolution":
         raise SpecError(f"search_trials sets the evolution search; method {spec.get('method')!r} has none")
+    exports = spec.get("exports", list(EXPORTS))
+    if not isinstance(exports, list) or not set(exports) <= set(EXPORTS):
+        raise SpecError(f"exports must name some of {', '.join(EXPORTS)} (or none), not {exports!r}")
     return JobSpec(
         arch=arch,
         data=data,
@@ -69,6 +73,8 @@ def to_jobspec(
         finetune=finetune,
         search_trials=trials,
         channel_step=_channel_step(spec),
+        export_onnx="onnx" in exports,
+        export_pt2="pt2" in exports,
         out_dir=out_dir,
         latency_repeats=latency_repeats,
         calibration_batches=calibration_batches,

@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from api.artifacts import ArtifactStore
 from api.errors import ApiError
 from api.jobs import Job, JobStatus, JobStore, NewJob
-from api.jobspec import ONNX_ARCH, ONNX_PREFIX, search_helpers, to_jobspec
+from api.jobspec import EXPORTS, ONNX_ARCH, ONNX_PREFIX, search_helpers, to_jobspec
 from api.settings import Settings
 from api.uploads import Form
 from api.validator import Validator
@@ -63,6 +63,7 @@ class JobService:
             "search_workers": _integer(fields, "search_workers", 1),
             "search_trials": _integer(fields, "search_trials", None),
             "channel_step": _integer(fields, "channel_step", 1),
+            "exports": _names(fields, "exports", EXPORTS),
         }
         if not isinstance(spec["finetune"], dict):
             raise ApiError(422, "invalid_spec", "'finetune' must be a JSON object such as {\"epochs\": 5}")
@@ -165,6 +166,14 @@ def _integer(fields: dict[str, str], name: str, default: int | None) -> int | No
         return int(text)
     except ValueError:
         raise ApiError(422, "invalid_spec", f"{name!r} must be an integer, not {text!r}") from None
+
+
+def _names(fields: dict[str, str], name: str, default: tuple[str, ...]) -> list[str]:
+    """A comma-separated list field; absent: ``default``; ``none`` or empty: no names."""
+    if name not in fields:
+        return list(default)
+    text = fields[name].strip()
+    return [] if text in ("", "none") else [part.strip() for part in text.split(",")]
 
 
 def _is_id(job_id: str) -> bool:

@@ -21,7 +21,7 @@ from starlette.requests import Request
 
 from api.errors import ApiError
 
-TEXT_FIELDS = frozenset({"arch", "dataset", "budget", "method", "criterion", "finetune", "search_workers", "search_trials", "channel_step"})
+TEXT_FIELDS = frozenset({"arch", "dataset", "budget", "method", "criterion", "finetune", "search_workers", "search_trials", "channel_step", "exports"})
 FILE_FIELDS = frozenset({"weights", "data", "onnx"})
 
 

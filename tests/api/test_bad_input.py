@@ -158,6 +158,7 @@ CASES: dict[str, tuple[Callable[[dict[str, bytes]], dict[str, Any]], int, str]] 
     "channel step zero": (fields(channel_step="0"), 422, "invalid_spec"),
     "channel step too big": (fields(channel_step="65"), 422, "invalid_spec"),
     "channel step not a number": (fields(channel_step="eight"), 422, "invalid_spec"),
+    "unknown export format": (fields(exports="onnx,tflite"), 422, "invalid_spec"),
     "unknown form field": (fields(owner="mallory"), 422, "unknown_field"),
     "a text field sent as a file": (lambda f: {"files": {"arch": ("arch.txt", b"resnet20")}, "arch": None}, 422, "unexpected_file"),
     "text field over the limit": (fields(criterion="x" * 70_000), 413, "field_too_large"),

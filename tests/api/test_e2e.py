@@ -104,7 +104,7 @@ def test_the_same_flow_on_postgresql(postgres, tmp_path):
         svc.start_api()
         svc.start_worker()
         client = svc.client(svc.token("pg"))
-        response = submit(client)
+        response = submit(client, exports="none")  # the exports are the SQLite flow's to check
         assert response.status_code == 201, response.text
         job = svc.wait_status(response.json()["id"], {"succeeded", "failed"}, 150)
         assert job.status.value == "succeeded", job.error
@@ -120,7 +120,7 @@ def test_autoprune_submit_waits_with_progress_and_downloads(service, worker, wei
     out = tmp_path / "downloaded"
     finished = subprocess.run(
         [sys.executable, "-m", "autoprune.cli", "submit", "--url", service.url, "--token", service.token("cli"),
-         "--weights", str(weights), "--finetune", service_harness.TINY_FINETUNE, "--wait", "--download", str(out)],
+         "--weights", str(weights), "--finetune", service_harness.TINY_FINETUNE, "--exports", "onnx", "--wait", "--download", str(out)],
         capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert finished.returncode == 0, finished.stderr
@@ -133,7 +133,9 @@ def test_autoprune_submit_waits_with_progress_and_downloads(service, worker, wei
                                       "finetune", "export", "done"}  # the polls see some stages (1 s apart)
     assert progress[-1][0] == "succeeded"
     assert len(progress) < 40  # not one line per poll
-    assert {"model.safetensors", "spec.json", "report.json", "report.html"} <= {p.name for p in out.iterdir()}
+    downloaded = {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "spec.json", "report.json", "report.html", "model.onnx"} <= downloaded
+    assert "model.pt2" not in downloaded  # --exports onnx
     summary = json.loads(finished.stdout[finished.stdout.index("{"):])
     assert summary["method"] == "uniform"  # the default, auto, for a flops budget
     report = json.loads((out / "report.json").read_text())
