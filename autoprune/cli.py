@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument(
         "--method", default=DEFAULT_METHOD,
         help=f"allocator: uniform | global | nap | itpruner | evolution | halp, or {DEFAULT_METHOD} (the default: "
-        "uniform for flops/params budgets, halp for latency budgets, as the benchmark supports); "
+        "global for flops/params budgets, halp for latency budgets, as the benchmark supports); "
         "latency budgets: halp or evolution",
     )
     prune.add_argument(

@@ -133,10 +133,10 @@ class FinetuneConfig:
 
 
 # "auto" picks by the budget's kind what bench/results supports (2026-12-01): for MACs/params,
-# uniform L1 widths, near the top in every cell after the short fine-tune (ResNet-20/56,
-# MobileNetV2) while HALP lost up to 14 points; for latency, HALP, the one method that prunes
-# toward a measured latency and the best run under one. (`global` with its new RMS normalisation
-# beat uniform by 5 points on MobileNetV2, its only measurement so far: a candidate.)
+# `global` Taylor ranking (RMS-normalised per layer), which beat uniform-L1 in every cell run with
+# the current code (ResNet-20 2x/3x: +0.5/+1.1 points; MobileNetV2 2x: +5.0) and is the fastest
+# method that sets per-layer widths from data (evolution scored higher on ResNet-20 but searches
+# for minutes); for latency, HALP, the one method that prunes toward a measured latency.
 DEFAULT_METHOD = "auto"
 
 
@@ -144,7 +144,7 @@ def resolve_method(method: str, budget: Budget) -> str:
     """``method``, or for ``auto`` the allocator the benchmark supports for this kind of budget."""
     if method != DEFAULT_METHOD:
         return method
-    return "halp" if budget.kind == "latency_ms" else "uniform"
+    return "halp" if budget.kind == "latency_ms" else "global"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -114,9 +114,13 @@ def test_halp_meets_a_measured_latency_target(tmp_path, trained_resnet20):
 
     model = create_model("resnet20")
     load_weights(model, trained_resnet20)
-    full = torch_latency_ms(model, (3, 32, 32), repeats=30)
-    target = 0.75 * full  # 0.7 missed once in a full run (1.29 vs 1.21 ms after 3 tightenings): batch-1 overheads
-    report = run(spec(tmp_path, trained_resnet20, method="halp", budget=Budget(kind="latency_ms", value=target), finetune=FinetuneConfig(epochs=0), latency_repeats=30, export_onnx=False, export_pt2=False))
+    # Batch 16: at batch 1 per-op overheads dominate, and on one 2-core machine even 10% widths
+    # took 0.755x the full latency, so a 0.75x target was infeasible there.
+    full = torch_latency_ms(model, (3, 32, 32), repeats=30, batch_size=16)
+    target = 0.75 * full
+    budget = Budget(kind="latency_ms", value=target, batch_size=16)
+    report = run(spec(tmp_path, trained_resnet20, method="halp", budget=budget, finetune=FinetuneConfig(epochs=0),
+                      latency_repeats=30, export_onnx=False, export_pt2=False))  # fmt: skip
     step = report["allocation"][0]
     assert step["achieved"] <= target  # measured on the whole pruned model by the pipeline
     # Whenever its latency table says the unpruned model misses the target, HALP must cut. (Judged

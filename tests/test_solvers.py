@@ -157,14 +157,14 @@ def test_snapping_to_a_channel_step_keeps_multiples_and_the_budget():
 
 
 def test_the_default_method_follows_the_budget_kind():
-    """``auto`` (the default) is uniform for MACs/params budgets and HALP for latency; names pass through."""
+    """``auto`` (the default) is global for MACs/params budgets and HALP for latency; names pass through."""
     from autoprune.types import DEFAULT_METHOD, Budget, JobSpec
 
     def spec(budget: str, **method) -> JobSpec:
         return JobSpec(arch="resnet20", data="digits", budget=Budget.parse(budget), out_dir="-", **method)
 
     assert DEFAULT_METHOD == "auto"
-    assert spec("flops=0.5").method == spec("params=0.6").method == "uniform"
+    assert spec("flops=0.5").method == spec("params=0.6").method == "global"
     assert spec("latency_ms=2").method == "halp"
     assert spec("flops=0.5", method="evolution").method == "evolution"
-    assert spec("flops=0.5").evolve(seed=3).method == "uniform"
+    assert spec("flops=0.5").evolve(seed=3).method == "global"
