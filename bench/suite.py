@@ -10,7 +10,8 @@
 
 Per arch: the baseline (trained once, cached, resumable per epoch), then for each seed every
 ``--methods`` entry at each ``--budgets`` MACs budget, HALP at ``--latency-fraction`` × the
-unpruned model's latency, and the high-compression fidelity runs (``--high-methods`` at
+unpruned model's latency (timed again just before HALP runs, so a timing made under load earlier
+cannot loosen the target), and the high-compression fidelity runs (``--high-methods`` at
 ``--high-budgets``). Every run is cached and skipped when done, so an interrupted suite resumes.
 Writes ``results/suite-<arch>.json``, ``results/widths-<arch>-<budget>.png`` and
 ``results/RESULTS.md`` (every arch's json found there, plus ``results/fidelity-*.json``).
@@ -23,6 +24,7 @@ import logging
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,11 @@ def mode_of(args: argparse.Namespace) -> str:
     return "full" if args.full else "quick" if args.quick else "cpu"
 
 
+def latency_target(base_latency: dict[str, Any], args: argparse.Namespace) -> float:
+    """HALP's target in ms: ``--latency-fraction`` × the unpruned model's timing in the chosen runtime and batch."""
+    return args.latency_fraction * base_latency[args.latency_runtime][str(args.latency_batch)]
+
+
 def run_arch(arch: str, args: argparse.Namespace, settings: Settings, data: ImageData) -> tuple[dict[str, Any], bool]:
     """Run (or reuse) every cell of ``arch``; returns the arch's results and whether any run failed."""
     weights, meta = train_baseline(settings, arch)
@@ -93,13 +100,15 @@ def run_arch(arch: str, args: argparse.Namespace, settings: Settings, data: Imag
         "params": cost.params,
         "latency_ms": base_latency,
     }
-    target = args.latency_fraction * base_latency[args.latency_runtime][str(args.latency_batch)]
-    runs = planned_runs(arch, args, target)
+    runs = planned_runs(arch, args, latency_target(base_latency, args))
     rows, failed = [], False
     for seed in args.seed_list:
         for run in runs:
             out = run.directory(settings, seed)
             if not (args.no_run or args.only_latency or is_done(run, settings, seed, weights)):
+                if run.kind == "latency":  # target and HALP's lookup table timed under the same conditions
+                    base["latency_ms"] = latency_of(bundle, args.threads, settings.latency_repeats, remeasure=True)
+                    run = replace(run, budget=replace(run.budget, value=latency_target(base["latency_ms"], args)))
                 try:
                     execute(run, settings, weights, data, seed)
                     (out / "error.txt").unlink(missing_ok=True)
