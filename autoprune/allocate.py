@@ -62,6 +62,7 @@ class ProblemInputs:
     model: nn.Module | None = None
     data: ImageData | None = None
     batches: Batches | None = None
+    calibration_batches: int = 8  # how many ``batches`` yields; the search re-estimates BN on as many
     latency: Callable[[Mapping[str, int]], float] | None = None  # predicted ms of a width vector
     storage: str | None = None
     study_name: str | None = None
@@ -106,8 +107,9 @@ class ProblemInputs:
                 raise BudgetError("this method needs the model and data to evaluate candidates")
             held_out = min(512, len(self.data.train_y) // 4)  # the rest re-estimates BN statistics
             out["evaluate"] = make_evaluator(
-                self.model, self.graph, self.scores, self.data, eval_examples=held_out, seed=self.seed
-            )
+                self.model, self.graph, self.scores, self.data, eval_examples=held_out, seed=self.seed,
+                calibration_batches=self.calibration_batches,
+            )  # fmt: skip
         return out
 
 

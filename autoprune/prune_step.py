@@ -163,8 +163,8 @@ def score_model(
                 scores = criterion.score(graph, batches if criterion.needs_data else None)
         progress("importance", 1.0, {"groups": len(graph.groups), "skipped": list(graph.skipped)})
     inputs = ProblemInputs.measure(
-        model, graph, scores, example, reference=reference, data=data, batches=batches, seed=spec.seed,
-        storage=spec.search_storage,
+        model, graph, scores, example, reference=reference, data=data, batches=batches,
+        calibration_batches=spec.calibration_batches, seed=spec.seed, storage=spec.search_storage,
     )  # fmt: skip
     return Scored(graph=graph, scores=scores, factors=factors, batches=batches, inputs=inputs)
 

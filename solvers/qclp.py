@@ -36,12 +36,14 @@ import operator
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import cvxpy as cp
 import numpy as np
 
 from solvers.base import Allocation, AllocationProblem, Allocator
+
+if TYPE_CHECKING:  # cvxpy takes about a second to import: only ITPruner jobs pay for it
+    import cvxpy as cp
 
 FORMULATIONS = ("gp", "qclp")
 ROUNDING_SLACK = 1e-6  # a relaxed ratio within this many units below an integer rounds up to it
@@ -110,6 +112,8 @@ def solve_program(problem: cp.Problem, x: cp.Variable, solver: str) -> tuple[np.
     every candidate against the exact cost, so a slightly inaccurate optimum can cost objective
     value but never the budget. The status is reported in the diagnostics.
     """
+    import cvxpy as cp
+
     start = time.perf_counter()
     try:
         problem.solve(gp=not problem.is_dcp(), solver=solver)
@@ -142,6 +146,8 @@ class ITPruner(Allocator):
     budgets = frozenset({"flops", "params"})
 
     def __init__(self, formulation: str = "gp", solver: str = "CLARABEL") -> None:
+        import cvxpy as cp
+
         if formulation not in FORMULATIONS:
             raise ValueError(f"formulation must be one of {FORMULATIONS}, got {formulation!r}")
         if solver not in cp.installed_solvers():
@@ -353,6 +359,8 @@ def _geometric_program(
     alpha: np.ndarray, lower: np.ndarray, linear: np.ndarray, quadratic: np.ndarray
 ) -> tuple[cp.Problem, cp.Variable]:
     """max Π x_i^α_i s.t. linear·x + xᵀQx ≤ 1, lower ≤ x ≤ 1 (a GP: solve with gp=True)."""
+    import cvxpy as cp
+
     n = len(alpha)
     x = cp.Variable(n, pos=True)
     utility = functools.reduce(operator.mul, [x[i] ** float(alpha[i]) for i in range(n) if alpha[i] > 0])
@@ -371,6 +379,8 @@ def _convexified_program(
 
     Each cross term b x_i x_j is replaced by its upper bound b (x_i² + x_j²)/2 (b ≥ 0).
     """
+    import cvxpy as cp
+
     off = quadratic - np.diag(np.diag(quadratic))
     d = np.diag(quadratic) + 0.5 * (off.sum(0) + off.sum(1))
     x = cp.Variable(len(alpha))
