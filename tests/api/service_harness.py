@@ -11,6 +11,7 @@ jobs are tiny (digits, 1 epoch of 4 steps, 3 latency repeats, 2 calibration batc
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -70,6 +71,13 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
             proc.wait(5)
 
 
+def _die_with_pytest() -> None:
+    """Runs in each API/worker child before exec: SIGTERM it when pytest dies, since a killed pytest
+    (a CI timeout, Ctrl-C twice) skips fixture teardown and would leave servers and workers behind."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class Service:
     """One deployment: a data dir, a database, an API process and any number of workers."""
 
@@ -96,7 +104,7 @@ class Service:
         log = open(self.root / f"{name}-{len(self.procs)}.log", "wb")
         proc = subprocess.Popen(
             [sys.executable, "-m", "autoprune.cli", *args], cwd=ROOT, env={**self.env, **env},
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_pytest,
         )  # fmt: skip
         self.procs.append(proc)
         return proc
