@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,48 @@ def measure_latency(bundle: Path, threads: int, repeats: int) -> dict[str, Any]:
     out["date"] = time.strftime("%Y-%m-%d %H:%M")
     write_json(bundle / "latency.json", out)
     return out
+
+
+def measure_latencies_interleaved(bundles: list[Path], threads: int, repeats: int, warmup: int = 5) -> None:
+    """Time every bundle like :func:`measure_latency`, but in rounds: each round runs every model once
+    (in a rotated order), so a load that comes and goes over minutes slows all of them alike and the
+    medians compare models, not moments. Rewrites each bundle's latency.json (``interleaved`` = N).
+    """
+    from autoprune.measure.latency import onnx_session, torch_threads
+
+    specs = [read_spec(b / "spec.json") for b in bundles]
+    models = [load_pruned(spec, b / "model.safetensors").eval() for spec, b in zip(specs, bundles, strict=True)]
+    sessions = [onnx_session(b / "model.onnx", threads) for b in bundles]
+    results: list[dict[str, Any]] = [{"threads": threads, "repeats": repeats, "torch": {}, "onnxruntime": {}} for _ in bundles]
+    load_before = load_average()
+    with torch_threads(threads), torch.inference_mode():
+        for batch in LATENCY_BATCHES:
+            inputs = [torch.randn(batch, *spec.input_shape) for spec in specs]
+            calls = {
+                "torch": [lambda m=m, x=x: m(x) for m, x in zip(models, inputs, strict=True)],
+                "onnxruntime": [
+                    lambda s=s, x=x.numpy(): s.run(None, {s.get_inputs()[0].name: x})
+                    for s, x in zip(sessions, inputs, strict=True)
+                ],
+            }
+            for runtime, runs in calls.items():
+                for run in runs:
+                    for _ in range(warmup):
+                        run()
+                times: list[list[float]] = [[] for _ in runs]
+                for round_ in range(repeats):
+                    order = list(range(len(runs)))
+                    order = order[round_ % len(order):] + order[: round_ % len(order)]
+                    for i in order:
+                        start = time.perf_counter()
+                        runs[i]()
+                        times[i].append((time.perf_counter() - start) * 1000)
+                for result, samples in zip(results, times, strict=True):
+                    result[runtime][str(batch)] = statistics.median(samples)
+    load = max(load_before, load_average())
+    for bundle, result in zip(bundles, results, strict=True):
+        result.update(load_average=load, interleaved=len(bundles), date=time.strftime("%Y-%m-%d %H:%M"))
+        write_json(bundle / "latency.json", result)
 
 
 def latency_of(bundle: Path, threads: int, repeats: int, *, remeasure: bool, reuse_any: bool = False) -> dict[str, Any]:

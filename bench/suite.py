@@ -4,7 +4,7 @@
     .venv/bin/python bench/suite.py --archs resnet20,resnet56,cifar_mobilenetv2,cifar_vgg16_bn --seeds 0,1
     .venv/bin/python bench/suite.py --train-only --archs resnet56    # train (or finish training) baselines only
     .venv/bin/python bench/suite.py --no-run                         # tables from what has finished
-    .venv/bin/python bench/suite.py --only-latency                   # re-time every finished run, rewrite tables
+    .venv/bin/python bench/suite.py --only-latency                   # re-time every finished run (in rounds), rewrite tables
     .venv/bin/python bench/suite.py --full --archs ...               # paper-like epochs (GPU machine)
     .venv/bin/python bench/suite.py --quick                          # smoke test, separate cache and results
 
@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from baselines import baseline_bundle, baseline_path, latency_of, load_baseline, train_baseline
+from baselines import (
+    baseline_bundle, baseline_path, latency_of, load_baseline, measure_latencies_interleaved, train_baseline,
+)  # fmt: skip
 from common import load_average, machine, today, versions
 from plots import width_plot
 from runs import collect, execute, is_done, parse_budgets, parse_methods, planned_runs
@@ -85,13 +87,22 @@ def latency_target(base_latency: dict[str, Any], args: argparse.Namespace) -> fl
     return args.latency_fraction * base_latency[args.latency_runtime][str(args.latency_batch)]
 
 
+def retime(arch: str, args: argparse.Namespace, settings: Settings, weights: Path, bundle: Path) -> None:
+    """``--only-latency``: the unpruned model and every finished run, timed together in rounds."""
+    runs = planned_runs(arch, args, latency_target_ms=1.0)  # directories do not depend on the target
+    done = [run.directory(settings, seed) for seed in args.seed_list for run in runs if is_done(run, settings, seed, weights)]
+    print(f"{arch}: timing the unpruned model and {len(done)} runs in rounds", flush=True)
+    measure_latencies_interleaved([bundle, *done], args.threads, settings.latency_repeats)
+
+
 def run_arch(arch: str, args: argparse.Namespace, settings: Settings, data: ImageData) -> tuple[dict[str, Any], bool]:
     """Run (or reuse) every cell of ``arch``; returns the arch's results and whether any run failed."""
     weights, meta = train_baseline(settings, arch)
     bundle = baseline_bundle(settings, arch, weights, data)
-    base_latency = latency_of(
-        bundle, args.threads, settings.latency_repeats, remeasure=args.only_latency, reuse_any=args.no_run
-    )
+    if args.only_latency:
+        retime(arch, args, settings, weights, bundle)
+    reuse = args.no_run or args.only_latency
+    base_latency = latency_of(bundle, args.threads, settings.latency_repeats, remeasure=False, reuse_any=reuse)
     cost = count_cost(load_baseline(arch, weights, data), torch.zeros(1, *data.input_shape))
     base = {
         **{k: meta[k] for k in ("accuracy", "loss", "epochs", "recipe", "seconds") if k in meta},
@@ -119,9 +130,7 @@ def run_arch(arch: str, args: argparse.Namespace, settings: Settings, data: Imag
                     failed = True
             latency = None
             if is_done(run, settings, seed, weights):
-                latency = latency_of(
-                    out, args.threads, settings.latency_repeats, remeasure=args.only_latency, reuse_any=args.no_run
-                )
+                latency = latency_of(out, args.threads, settings.latency_repeats, remeasure=False, reuse_any=reuse)
             rows.append(collect(run, settings, seed, latency))
     suite = {
         "arch": arch,

@@ -134,6 +134,9 @@ def load_note(base: Row, rows: Sequence[Row]) -> str:
         parts.append(f"{len(loads)} run(s) timed at load average {min(loads):.1f}–{max(loads):.1f}")
     if untimed:
         parts.append(f"{untimed} run(s) timed before load averages were recorded")
+    together = sum(1 for r in done(rows) if (r.get("latency_ms") or {}).get("interleaved"))
+    if together:
+        parts.append(f"{together} run(s) timed with the unpruned model in interleaved rounds, one call each per round")
     return "; ".join(parts)
 
 
