@@ -30,7 +30,12 @@ from typing import Any
 
 import torch
 from baselines import (
-    baseline_bundle, baseline_path, latency_of, load_baseline, measure_latencies_interleaved, train_baseline,
+    baseline_bundle,
+    baseline_path,
+    latency_of,
+    load_baseline,
+    measure_latencies_interleaved,
+    train_baseline,
 )  # fmt: skip
 from common import load_average, machine, today, versions
 from plots import width_plot
