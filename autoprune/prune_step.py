@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, float, dict[str, Any]], None]
 
+ATTEMPTS = 4  # allocate-cut-measure rounds before a step gives up on its budget
 DEFAULT_CRITERION = {"uniform": "l1", "global": "taylor", "nap": "kfac", "itpruner": "l1", "evolution": "l1", "halp": "taylor"}
 
 
@@ -211,8 +212,11 @@ def prune_once(
             )
             inputs.latency = table.latency
             progress("latency_table", 1.0, {"layers": len(table.layers)})
+    cost, _ = inputs.cost_and_budget(budget)
+    scale = 1.0 if budget.kind == "latency_ms" else reference[budget.kind]  # allocation costs -> budget units
+    unpruned = cost({}) / scale  # predicted = measured here: exact counts, or the table's calibration point
     target = budget
-    for attempt in range(3):
+    for attempt in range(ATTEMPTS):
         with timer("allocation"):
             progress("allocation", 0.0, {"method": spec.method, "attempt": attempt + 1})
             inputs.study_name = study_name(spec, target)
@@ -242,7 +246,25 @@ def prune_once(
             }
             return pruned, plan, diagnostics
         log.warning("pruned model reaches %.4g > %.4g %s; tightening", reached, budget.value, budget.kind)
-        target = target.evolve(value=target.value * budget.value / reached * 0.99)
-    raise SurgeryError(f"could not meet {budget} after 3 attempts (last: {reached:.4g})")
+        value = next_target(budget.value, target.value, unpruned, allocation.cost / scale, reached)
+        target = target.evolve(value=value)
+    raise SurgeryError(f"could not meet {budget} after {ATTEMPTS} attempts (last: {reached:.4g})")
+
+
+def next_target(goal: float, target: float, unpruned: float, predicted: float, reached: float) -> float:
+    """The allocation target for the next attempt, after ``target`` gave a model predicted to cost
+    ``predicted`` that measured ``reached`` > ``goal`` (all in the budget's units).
+
+    Secant through the unpruned model (where prediction and measurement agree) and this attempt:
+    a latency table's error grows with the cut, so scaling the target by ``goal / reached`` alone
+    under-corrects, and one noisy timing can stall it. Aims 1% under ``goal``; each step tightens,
+    by at most half the target.
+    """
+    aim = goal * 0.99
+    if unpruned > predicted and unpruned > reached:
+        value = predicted + (aim - reached) * (unpruned - predicted) / (unpruned - reached)
+    else:  # no slope to go by: proportional
+        value = target * aim / reached
+    return min(max(value, target / 2), target * 0.99)
 
 

@@ -169,6 +169,30 @@ def test_a_search_key_scopes_the_study_to_one_job_but_not_the_checkpoint(tmp_pat
     assert fingerprint(one) == fingerprint(two) == fingerprint(base)  # the same run, so checkpoints still resume
 
 
+def test_a_retry_target_corrects_a_linear_prediction_error_in_one_step():
+    """A latency table whose error grows with the cut (measured = 2 + 0.8 * predicted, exact at the
+    unpruned 10 ms): the secant retry lands 1% under the goal, where the proportional rule would
+    still miss it."""
+    from autoprune.prune_step import next_target
+
+    measured = lambda predicted: 2.0 + 0.8 * predicted  # noqa: E731
+    goal, target = 6.0, 6.0
+    value = next_target(goal, target, unpruned=10.0, predicted=target, reached=measured(target))
+    assert measured(value) == pytest.approx(goal * 0.99)
+    assert measured(target * goal / measured(target) * 0.99) > goal  # the old, proportional rule
+
+
+def test_a_retry_target_always_tightens_and_at_most_halves():
+    from autoprune.prune_step import next_target
+
+    # a timing above the unpruned model's gives no slope: proportional, then bounded
+    assert next_target(5.0, 5.0, unpruned=10.0, predicted=5.0, reached=11.0) == pytest.approx(2.5)
+    # a shallow noisy slope would jump far: at most halve
+    assert next_target(5.0, 5.0, unpruned=10.0, predicted=5.0, reached=9.9) == 2.5
+    # barely over: still a real step down
+    assert next_target(0.5, 0.5, unpruned=1.0, predicted=0.5, reached=0.5001) <= 0.5 * 0.99
+
+
 def test_batchnorm_statistics_are_reestimated_after_the_cut_and_after_fine_tuning(tmp_path, trained_resnet20):
     """A cut leaves BN with the unpruned layer's statistics; the pipeline re-estimates them.
 
