@@ -1,10 +1,11 @@
-"""Entry point of the spawned child that runs one attempt of one job.
+"""Entry point of the child (a fork of the worker's forkserver) that runs one attempt of one job.
 
 The child never touches the database: it reports ``("progress", stage, fraction)`` and then
 ``("done", result)`` (a search helper's result, else None), ``("cancelled",)`` or ``("error", code, retryable, message)`` over a pipe, and
-the worker (its parent) writes to the store. It puts itself in its own process group (so the
-worker can kill it with everything it started) and asks the kernel to SIGKILL it if the
-worker dies, so a killed worker leaves no orphan burning CPU or GPU.
+the worker writes to the store. It puts itself in its own process group (so the
+worker can kill it with everything it started) and asks the kernel to SIGKILL it if its parent,
+the forkserver, dies, which it does when the worker dies: a killed worker leaves no orphan burning
+CPU or GPU.
 """
 
 from __future__ import annotations
@@ -20,18 +21,20 @@ PR_SET_PDEATHSIG = 1
 FAILPOINT_ENV = "AUTOPRUNE_FAILPOINT"  # tests: "child_start" kills the child as it starts
 
 
-def _isolate(parent_pid: int) -> None:
+def _isolate() -> None:
+    """Own process group; SIGKILL when the parent (the worker's forkserver) dies."""
     os.setpgrp()
+    parent = os.getppid()
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):  # not Linux: the worker's kill path still applies
         pass
-    if os.getppid() != parent_pid:  # the worker died before prctl took effect
+    if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
 
 
 def main(payload: dict[str, Any], conn: Connection, stop: Event) -> None:
-    _isolate(payload["parent_pid"])
+    _isolate()
     if os.environ.get(FAILPOINT_ENV) == "child_start":
         os.kill(os.getpid(), signal.SIGKILL)
     import torch

@@ -45,7 +45,7 @@ from api.jobs import (
     overall_progress,
 )
 from api.settings import Settings
-from api.worker.executors import ChildHandle, SpawnExecutor
+from api.worker.executors import ChildHandle, ForkserverExecutor
 
 log = logging.getLogger(__name__)
 PROGRESS_WRITE_S = 1.0
@@ -71,7 +71,7 @@ class Worker:
         # each slot's child gets its share of the cores: N children at torch's default (all
         # cores each) oversubscribe them, and OpenMP's barriers then stall latency and training
         self.default_threads = max(1, len(os.sched_getaffinity(0)) // concurrency)
-        self.executor = SpawnExecutor()
+        self.executor = ForkserverExecutor()
         self.retry = RetryStrategy(base_s=settings.retry_backoff_s)
         self.worker_id = f"{socket.gethostname()[:30]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.stopping = threading.Event()
@@ -81,6 +81,7 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._on_signal)
+        self.executor.warm_up()
         slots = [threading.Thread(target=self._slot, name=f"slot-{i}", daemon=True) for i in range(self.concurrency)]
         for slot in slots:
             slot.start()

@@ -17,17 +17,20 @@ from service_harness import stop_process, submit, wait_for
 service = service_harness.service  # fixture
 
 
-def children(pid: int) -> list[int]:
-    """PIDs whose parent is ``pid`` (from /proc)."""
-    out = []
+def descendants(pid: int) -> list[int]:
+    """PIDs below ``pid`` in the process tree (from /proc)."""
+    parents: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
             continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
+    found, frontier = [], [pid]
+    while frontier:
+        below = [child for child, parent in parents.items() if parent in frontier]
+        found += below
+        frontier = below
+    return found
 
 
 def alive(pid: int) -> bool:
@@ -68,7 +71,8 @@ def test_kill9_worker_mid_job_then_another_finishes_it_once(service, client):
     job_id = submit(client, exports="none").json()["id"]
     first = service.start_worker()
     wait_running(service, job_id, ("importance", "allocation", "surgery", "finetune", "export"))
-    kids = children(first.pid)  # the job's child (own process group) and multiprocessing's tracker
+    kids = descendants(first.pid)  # the forkserver, the job (its child, own process group), the tracker
+    assert len(kids) >= 3, kids
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(10)
     wait_for(lambda: not any(alive(pid) for pid in kids), 10, "the orphaned job process to die (PDEATHSIG)")

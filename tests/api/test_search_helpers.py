@@ -20,11 +20,11 @@ postgres = service_harness.postgres  # fixture
 service = service_harness.service  # fixture
 
 SPREAD_TRIALS = 12  # enough for both slots to run some; each trial costs about a second here
-KILLED_TRIALS = 24  # the lead is killed once both slots ran 2: enough left for the replay to matter
+KILLED_TRIALS = 16  # the lead is killed once both slots ran 2: enough left for the replay to matter
 
 
 def spread_search(svc: Service, owner: str) -> None:
-    """Submit a 24-trial evolution search over two slots; check both ran trials and nothing leaked."""
+    """Submit a SPREAD_TRIALS-trial evolution search over two slots; check both ran trials and nothing leaked."""
     client = svc.client(svc.token(owner))
     response = submit(client, method="evolution", search_workers="2", search_trials=str(SPREAD_TRIALS), exports="none")
     assert response.status_code == 201, response.text
