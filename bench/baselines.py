@@ -135,13 +135,14 @@ def measure_latency(bundle: Path, threads: int, repeats: int) -> dict[str, Any]:
 def measure_latencies_interleaved(bundles: list[Path], threads: int, repeats: int, warmup: int = 5) -> None:
     """Time every bundle like :func:`measure_latency`, but in rounds: each round runs every model once
     (in a rotated order), so a load that comes and goes over minutes slows all of them alike and the
-    medians compare models, not moments. Rewrites each bundle's latency.json (``interleaved`` = N).
+    medians compare models, not moments. The onnxruntime sessions do not spin-wait (``spin=False``):
+    all of them are alive at once. Rewrites each bundle's latency.json (``interleaved`` = N).
     """
     from autoprune.measure.latency import onnx_session, torch_threads
 
     specs = [read_spec(b / "spec.json") for b in bundles]
     models = [load_pruned(spec, b / "model.safetensors").eval() for spec, b in zip(specs, bundles, strict=True)]
-    sessions = [onnx_session(b / "model.onnx", threads) for b in bundles]
+    sessions = [onnx_session(b / "model.onnx", threads, spin=False) for b in bundles]
     results: list[dict[str, Any]] = [{"threads": threads, "repeats": repeats, "torch": {}, "onnxruntime": {}} for _ in bundles]
     load_before = load_average()
     with torch_threads(threads), torch.inference_mode():
@@ -170,7 +171,7 @@ def measure_latencies_interleaved(bundles: list[Path], threads: int, repeats: in
                     result[runtime][str(batch)] = statistics.median(samples)
     load = max(load_before, load_average())
     for bundle, result in zip(bundles, results, strict=True):
-        result.update(load_average=load, interleaved=len(bundles), date=time.strftime("%Y-%m-%d %H:%M"))
+        result.update(load_average=load, interleaved=len(bundles), onnxruntime_spinning=False, date=time.strftime("%Y-%m-%d %H:%M"))
         write_json(bundle / "latency.json", result)
 
 

@@ -134,9 +134,13 @@ def load_note(base: Row, rows: Sequence[Row]) -> str:
         parts.append(f"{len(loads)} run(s) timed at load average {min(loads):.1f}–{max(loads):.1f}")
     if untimed:
         parts.append(f"{untimed} run(s) timed before load averages were recorded")
-    together = sum(1 for r in done(rows) if (r.get("latency_ms") or {}).get("interleaved"))
+    timings = [r.get("latency_ms") or {} for r in done(rows)]
+    together = sum(1 for t in timings if t.get("interleaved"))
     if together:
         parts.append(f"{together} run(s) timed with the unpruned model in interleaved rounds, one call each per round")
+    spinning = sum(1 for t in timings if t.get("interleaved") and t.get("onnxruntime_spinning", True))
+    if spinning:  # all sessions alive and spin-waiting: they stole each other's cores
+        parts.append(f"{spinning} of those with spin-waiting onnxruntime sessions, which inflates their onnxruntime times")
     return "; ".join(parts)
 
 
