@@ -39,7 +39,7 @@ from baselines import (
 )  # fmt: skip
 from common import load_average, machine, today, versions
 from plots import width_plot
-from runs import collect, execute, is_done, parse_budgets, parse_methods, planned_runs
+from runs import Run, collect, execute, is_done, parse_budgets, parse_methods, planned_runs
 from settings import ARCHS, BUDGETS, HIGH_BUDGETS, HIGH_METHODS, METHODS, Settings
 from tables import ARCH_TITLES, width_runs, write_results
 
@@ -100,6 +100,19 @@ def retime(arch: str, args: argparse.Namespace, settings: Settings, weights: Pat
     measure_latencies_interleaved([bundle, *done], args.threads, settings.latency_repeats)
 
 
+def cell(run: Run) -> tuple[str, str, str, str]:
+    return run.method, run.criterion, run.label, run.kind
+
+
+def tabulated(arch: str, args: argparse.Namespace, runs: list[Run], base_latency: dict[str, Any]) -> list[Run]:
+    """The default plan, then the call's other runs. A call with a subset of methods or budgets
+    runs only those, but the arch's results file still lists every cell (finished ones from the cache)."""
+    defaults = parse_args([*(["--full"] if args.full else []), *(["--quick"] if args.quick else [])])
+    plan = planned_runs(arch, defaults, latency_target(base_latency, defaults))
+    cells = {cell(run) for run in plan}
+    return plan + [run for run in runs if cell(run) not in cells]
+
+
 def run_arch(arch: str, args: argparse.Namespace, settings: Settings, data: ImageData) -> tuple[dict[str, Any], bool]:
     """Run (or reuse) every cell of ``arch``; returns the arch's results and whether any run failed."""
     weights, meta = train_baseline(settings, arch)
@@ -117,11 +130,12 @@ def run_arch(arch: str, args: argparse.Namespace, settings: Settings, data: Imag
         "latency_ms": base_latency,
     }
     runs = planned_runs(arch, args, latency_target(base_latency, args))
+    wanted = {cell(run) for run in runs}
     rows, failed = [], False
     for seed in args.seed_list:
-        for run in runs:
+        for run in tabulated(arch, args, runs, base_latency):
             out = run.directory(settings, seed)
-            if not (args.no_run or args.only_latency or is_done(run, settings, seed, weights)):
+            if cell(run) in wanted and not (args.no_run or args.only_latency or is_done(run, settings, seed, weights)):
                 if run.kind == "latency":  # target and HALP's lookup table timed under the same conditions
                     base["latency_ms"] = latency_of(bundle, args.threads, settings.latency_repeats, remeasure=True)
                     run = replace(run, budget=replace(run.budget, value=latency_target(base["latency_ms"], args)))
