@@ -1,8 +1,4 @@
-"""Markdown from the suite's and the fidelity checks' json: nothing in a table is typed by hand.
-
-Cells aggregate over seeds: top-1 as mean ± half the range (min to max) with the number of seeds;
-costs, latencies and times as means.
-"""
+"""Markdown from the suite's and the fidelity checks' json: nothing in a table is typed by hand."""
 
 from __future__ import annotations
 
@@ -10,73 +6,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from cells import ARCH_TITLES, Row, cells, done, mean, ms, pct, practical_speedup, search_seconds
+from claims import allocators_vs_uniform, fidelity_markdown, high_compression, taylor_vs_l1
 from common import machine, read_json, today, versions
 from settings import ARCHS, Settings
-
-Row = Mapping[str, Any]
-L1_CRITERIA = ("l1", "magnitude")  # the L1 criterion, ours and Torch-Pruning's
-ARCH_TITLES = {
-    "resnet20": "ResNet-20", "resnet56": "ResNet-56", "cifar_mobilenetv2": "MobileNetV2 (CIFAR)",
-    "cifar_vgg16_bn": "VGG-16-BN",
-}  # fmt: skip
-
-
-# --- numbers ---------------------------------------------------------------------------------
-
-
-def ms(latency: Mapping[str, Any] | None, runtime: str, batch: int) -> float:
-    return float("nan") if latency is None else latency[runtime][str(batch)]
-
-
-def search_seconds(timings: Mapping[str, float]) -> float:
-    return sum(timings.get(stage, 0.0) for stage in ("importance", "allocation", "latency_table"))
-
-
-def practical_speedup(row: Row, base_latency: Mapping[str, Any]) -> float:
-    """onnxruntime batch-64 latency of the unpruned model ÷ the run's, both timed by the suite."""
-    return ms(base_latency, "onnxruntime", 64) / ms(row["latency_ms"], "onnxruntime", 64)
-
-
-def done(rows: Sequence[Row]) -> list[Row]:
-    return [r for r in rows if "error" not in r]
-
-
-def cells(rows: Sequence[Row]) -> dict[tuple[str, str], list[Row]]:
-    """(label, name) → the finished rows of that cell (one per seed), in first-seen order."""
-    out: dict[tuple[str, str], list[Row]] = {}
-    for r in rows:
-        out.setdefault((r["label"], r["name"]), [])
-        if "error" not in r:
-            out[(r["label"], r["name"])].append(r)
-    return out
-
-
-def mean(values: Sequence[float]) -> float:
-    return float(np.mean(values)) if len(values) else float("nan")
-
-
-def pct(rows: Sequence[Row], key: str) -> str:
-    """Mean top-1 in %, with ± half the range over seeds when there are several."""
-    values = [100 * r[key] for r in rows]
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{mean(values):.2f} ± {(max(values) - min(values)) / 2:.2f}"
-
-
-def delta_text(deltas: Sequence[float]) -> str:
-    if not deltas:
-        return "–"
-    if len(deltas) == 1:
-        return f"{deltas[0]:+.2f}"
-    return f"{mean(deltas):+.2f} ± {(max(deltas) - min(deltas)) / 2:.2f}"
-
-
-def verdict(delta: float, ahead: str, behind: str) -> str:
-    return ahead if delta > 0 else behind if delta < 0 else "tie"
-
 
 # --- per-arch tables -------------------------------------------------------------------------
 
@@ -187,159 +120,9 @@ def latency_table(rows: Sequence[Row], base: Row, compared_label: str) -> list[s
     return lines
 
 
-def paired_deltas(run_rows: Sequence[Row], ref_rows: Sequence[Row], key: str = "accuracy_after") -> list[float]:
-    """Per-seed differences in points (seeds present in both)."""
-    ref = {r["seed"]: r for r in ref_rows}
-    return [100 * (r[key] - ref[r["seed"]][key]) for r in run_rows if r["seed"] in ref]
-
-
-def taylor_vs_l1(rows: Sequence[Row]) -> list[str]:
-    """Same allocator, Taylor against L1 (Torch-Pruning's magnitude counts as L1)."""
-    by_cell = cells(rows)
-    lines = []
-    for label, name in by_cell:
-        method, _, criterion = name.partition(":")
-        if criterion != "taylor":
-            continue
-        l1 = next((by_cell[(label, f"{method}:{c}")] for c in L1_CRITERIA if by_cell.get((label, f"{method}:{c}"))), None)
-        deltas = paired_deltas(by_cell[(label, name)], l1 or [])
-        if deltas:
-            lines.append(
-                f"- {label}, {method} allocation: Taylor {pct(by_cell[(label, name)], 'accuracy_after')} vs L1 "
-                f"{pct(l1, 'accuracy_after')} ({delta_text(deltas)}): {verdict(mean(deltas), 'Taylor ahead', 'L1 ahead')}"
-            )
-    return lines or ["- no allocator was run with both criteria"]
-
-
-def allocators_vs_uniform(rows: Sequence[Row]) -> list[str]:
-    """Fidelity check (c): each automatic allocator against uniform-L1 at the same MACs budget, paired by seed."""
-    by_cell = cells([r for r in rows if r["kind"] == "main"])
-    labels = list(dict.fromkeys(label for label, _ in by_cell))
-    names = [n for n in dict.fromkeys(name for _, name in by_cell) if n != "uniform:l1"]
-    lines = [
-        "| method | " + " | ".join(f"{label}: top-1 | Δ vs uniform:l1" for label in labels) + " |",
-        "|---|" + "---|---|" * len(labels),
-    ]
-    wins = {label: [0, 0] for label in labels}
-    for name in names:
-        parts = []
-        for label in labels:
-            group, ref = by_cell.get((label, name), []), by_cell.get((label, "uniform:l1"), [])
-            deltas = paired_deltas(group, ref)
-            if deltas and not name.startswith("uniform:"):
-                wins[label][0] += mean(deltas) > 0
-                wins[label][1] += 1
-            parts.append(f"{pct(group, 'accuracy_after')} | {delta_text(deltas)}")
-        lines.append(f"| {name} | " + " | ".join(parts) + " |")
-    lines += ["", *(f"- {label}: {w} of {n} non-uniform allocators above uniform:l1 on average" for label, (w, n) in wins.items() if n)]
-    return lines
-
-
-def high_compression(rows: Sequence[Row]) -> list[str]:
-    """Fidelity check (d): attribution against L1 under the same allocator, right after the cut and after fine-tuning."""
-    by_cell = cells([r for r in rows if r["kind"] == "high"])
-    if not any(by_cell.values()):
-        return ["No high-compression run finished."]
-    lines = [
-        "| budget | method | seeds | MACs ratio | params (M) | pruned, not tuned | Δ vs L1 | after fine-tune | Δ vs L1 |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for (label, name), group in by_cell.items():
-        method = name.partition(":")[0]
-        ref = by_cell.get((label, f"{method}:l1"), [])
-        same = name == f"{method}:l1"
-        lines.append(
-            f"| {label} | {name} | {len(group)} | {mean([r['flops_ratio'] for r in group]):.3f} "
-            f"| {mean([r['params_after'] for r in group]) / 1e6:.3f} | {pct(group, 'accuracy_pruned')} "
-            f"| {'' if same else delta_text(paired_deltas(group, ref, 'accuracy_pruned'))} "
-            f"| {pct(group, 'accuracy_after')} | {'' if same else delta_text(paired_deltas(group, ref))} |"
-        )
-    return lines
-
-
 def width_runs(rows: Sequence[Row], label: str) -> dict[str, Any]:
     """Per-layer widths of the first seed of each cell at ``label``, for the width plots."""
     return {name: group[0]["layers"] for (lab, name), group in cells(rows).items() if lab == label and group}
-
-
-# --- fidelity (a), (b) -----------------------------------------------------------------------
-
-
-def rho(value: float | None) -> str:
-    return "–" if value is None else f"{value:+.2f}"
-
-
-def fidelity_markdown(result: Mapping[str, Any]) -> list[str]:
-    oracle, stability = result["oracle"], result["stability"]
-    names = list(oracle["summary"])
-    title = ARCH_TITLES.get(result["arch"], result["arch"])
-    lines = [
-        f"### (a) Criteria vs the oracle loss change (Molchanov et al. 2016), {title}",
-        "",
-        f"Baseline {result['baseline']['weights']} (top-1 {100 * result['baseline']['accuracy']:.2f}%). Oracle: "
-        f"mean cross-entropy change when a channel's feature maps are zeroed, on {oracle['images']} training "
-        f"images (BN in eval mode; base loss {oracle['base_loss']:.4f}); {oracle['sampled_channels']} channels, "
-        f"at most {oracle['channels_per_layer']} per layer (seed {result['args']['seed']}). Criteria scored on the "
-        "same images. Spearman ρ of each criterion with |ΔL| per layer; *mean* is over layers, *pooled* ranks all "
-        "sampled channels together with the scores L2-normalised per layer (Molchanov 2017) and, since 2026-12-01, "
-        "RMS-normalised (the global allocator's ranking).",
-        "",
-        "| layer | channels | sampled | mean \\|ΔL\\| | " + " | ".join(names) + " |",
-        "|---|---|---|---|" + "---|" * len(names),
-    ]
-    for row in oracle["layers"]:
-        lines.append(
-            f"| {row['group']} | {row['channels']} | {row['sampled']} | {row['mean_abs_delta']:.4f} | "
-            + " | ".join(rho(row["rho"][n]) for n in names) + " |"
-        )
-    summary = oracle["summary"]
-    lines += [
-        "| **mean over layers** | | | | " + " | ".join(f"**{rho(summary[n]['mean_rho'])}**" for n in names) + " |",
-        "| pooled, L2-normalised | | | | " + " | ".join(rho(summary[n]["pooled_rho_l2_normalised"]) for n in names) + " |",
-        *(  # fidelity runs before 2026-12-01 did not compute it
-            ["| pooled, RMS-normalised (`global`) | | | | "
-             + " | ".join(rho(summary[n]["pooled_rho_rms_normalised"]) for n in names) + " |"]
-            if all("pooled_rho_rms_normalised" in summary[n] for n in names) else []
-        ),
-        "| mean ρ with signed ΔL | | | | " + " | ".join(rho(summary[n]["mean_rho_signed"]) for n in names) + " |",
-        "| scoring s | | | | " + " | ".join(f"{summary[n]['seconds']:.1f}" for n in names) + " |",
-        "",
-        f"Oracle: {oracle['oracle_seconds']:.0f} s.",
-        "",
-        f"### (b) Ranking stability across disjoint calibration sets, {title}",
-        "",
-        f"{stability['splits']} disjoint sets of {stability['images_per_split']} training images; each criterion "
-        "scored on each set; per layer, the mean over all pairs of sets of Spearman ρ, Kendall τ and the overlap "
-        "of the kept top half (chance: 0.50).",
-        "",
-    ]
-    crits = list(stability["criteria"])
-    lines += [
-        "| layer | channels | " + " | ".join(f"{c} ρ | {c} τ | {c} top-half overlap" for c in crits) + " |",
-        "|---|---|" + "---|---|---|" * len(crits),
-    ]
-    per_layer = zip(*(stability["criteria"][c]["layers"] for c in crits), strict=True)
-    for layers in per_layer:
-        lines.append(
-            f"| {layers[0]['group']} | {layers[0]['channels']} | "
-            + " | ".join(f"{rho(r['spearman'])} | {r['kendall']:+.2f} | {r['top_half_overlap']:.2f}" for r in layers)
-            + " |"
-        )
-    lines.append(
-        "| **mean** | | "
-        + " | ".join(
-            f"**{stability['criteria'][c]['mean_spearman']:+.2f}** | **{stability['criteria'][c]['mean_kendall']:+.2f}** "
-            f"| **{stability['criteria'][c]['mean_top_half_overlap']:.2f}**"
-            for c in crits
-        )
-        + " |"
-    )
-    lines += [
-        "",
-        f"Machine: {result['machine']}; {result['date']}; {result['seconds']:.0f} s in all "
-        f"(load average up to {result['load_average']:.1f}).",
-    ]
-    return lines
 
 
 # --- the whole file --------------------------------------------------------------------------
