@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -122,8 +123,13 @@ def _service_commands(sub: Any) -> None:
     add_commands(sub)
 
 
+def _metrics_text(metrics: dict[str, Any]) -> str:
+    text = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items() if not isinstance(v, (list, dict)))
+    return text[:60]
+
+
 class StageBars:
-    """One rich progress bar per pipeline stage."""
+    """One rich progress bar per pipeline stage, for a terminal."""
 
     def __init__(self) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -146,8 +152,35 @@ class StageBars:
             return
         if stage not in self.tasks:
             self.tasks[stage] = self.progress.add_task(stage, total=1.0, info="")
-        info = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items() if not isinstance(v, (list, dict)))
-        self.progress.update(self.tasks[stage], completed=min(max(fraction, 0.0), 1.0), info=info[:60])
+        self.progress.update(self.tasks[stage], completed=min(max(fraction, 0.0), 1.0), info=_metrics_text(metrics))
+
+
+class StageLines:
+    """Progress for a log (CI, nohup, a container): rich draws its bars only when the output is a
+    terminal, elsewhere it prints them once at the end, so minutes of work would show nothing.
+    Prints a timestamped line when a stage starts and at each further quarter of it."""
+
+    def __init__(self) -> None:
+        self.quarters: dict[str, int] = {}
+
+    def __enter__(self) -> Callable[[str, float, dict[str, Any]], None]:
+        return self.update
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, stage: str, fraction: float, metrics: dict[str, Any]) -> None:
+        quarter = min(max(int(fraction * 4), 0), 4)
+        if stage == "done" or self.quarters.get(stage, -1) >= quarter:
+            return
+        self.quarters[stage] = quarter
+        stamp = time.strftime("%H:%M:%S")
+        print(f"[{stamp}] {stage:<11} {100 * min(max(fraction, 0.0), 1.0):5.1f}% {_metrics_text(metrics)}".rstrip(), flush=True)
+
+
+def stage_progress() -> StageBars | StageLines:
+    """Bars on a terminal, lines in a log."""
+    return StageBars() if sys.stdout.isatty() else StageLines()
 
 
 def print_summary(report: dict[str, Any], out: str) -> None:
@@ -206,7 +239,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         export_pt2=not args.no_pt2,
         out_dir=args.out,
     )
-    with StageBars() as bars:
+    with stage_progress() as bars:
         report = pipeline.run(spec, progress=bars)
     print_summary(report, args.out)
     return 0
@@ -216,7 +249,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from autoprune import pipeline
 
     cfg = FinetuneConfig(lr=args.lr, batch_size=args.batch_size, distill=False)
-    with StageBars() as bars:
+    with stage_progress() as bars:
         result = pipeline.train_baseline(args.arch, args.data, args.out, epochs=args.epochs, cfg=cfg, seed=args.seed, progress=bars)
     print(f"top-1 {100 * result['accuracy']:.2f}% after {args.epochs} epochs; weights in {args.out}")
     return 0

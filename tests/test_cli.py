@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 
 import pytest
 import torch
@@ -107,3 +108,17 @@ def test_a_pt2_file_is_refused_as_input(capsys, base, tmp_path):
     path.write_bytes(b"PK\x03\x04")
     code, output = run_cli(capsys, *with_flag(base, "--weights", str(path)))
     assert code == 2 and ".pt2" in output
+
+
+def test_a_prune_in_a_log_prints_each_stage_as_it_goes_and_a_summary(capsys, base, tmp_path):
+    """Output that is not a terminal (CI, nohup) gets timestamped stage lines while the run goes:
+    rich's bars would print only once, at the end."""
+    code, output = run_cli(capsys, *with_flag(base, "--method", "uniform"))
+    assert code == 0, output
+    lines = [line for line in output.splitlines() if re.match(r"\[\d\d:\d\d:\d\d\] \w+ +\d+\.\d%", line)]
+    stages = list(dict.fromkeys(line.split()[1] for line in lines))
+    assert stages == ["intake", "baseline", "importance", "allocation", "surgery", "export"], output
+    for stage in stages:  # each is seen to finish, in at most five lines
+        percents = [float(line.split()[2].rstrip("%")) for line in lines if line.split()[1] == stage]
+        assert percents[-1] == 100.0 and len(percents) <= 5, (stage, percents)
+    assert "MACs (M)" in output and "top-1 (%)" in output and (tmp_path / "o" / "report.json").exists()
