@@ -158,10 +158,12 @@ class StageBars:
 class StageLines:
     """Progress for a log (CI, nohup, a container): rich draws its bars only when the output is a
     terminal, elsewhere it prints them once at the end, so minutes of work would show nothing.
-    Prints a timestamped line when a stage starts and at each further quarter of it."""
+    Prints a timestamped line when a stage starts and at each further quarter of it; a stage that
+    starts over (the next step of an iterative schedule) is printed again."""
 
     def __init__(self) -> None:
         self.quarters: dict[str, int] = {}
+        self.fractions: dict[str, float] = {}
 
     def __enter__(self) -> Callable[[str, float, dict[str, Any]], None]:
         return self.update
@@ -170,8 +172,14 @@ class StageLines:
         return None
 
     def update(self, stage: str, fraction: float, metrics: dict[str, Any]) -> None:
+        if stage == "done":
+            return
+        last = self.fractions.get(stage)
+        if last is not None and (fraction < last or last >= 1.0):  # the stage is running again
+            self.quarters.pop(stage, None)
+        self.fractions[stage] = fraction
         quarter = min(max(int(fraction * 4), 0), 4)
-        if stage == "done" or self.quarters.get(stage, -1) >= quarter:
+        if self.quarters.get(stage, -1) >= quarter:
             return
         self.quarters[stage] = quarter
         stamp = time.strftime("%H:%M:%S")

@@ -112,13 +112,14 @@ def test_a_pt2_file_is_refused_as_input(capsys, base, tmp_path):
 
 def test_a_prune_in_a_log_prints_each_stage_as_it_goes_and_a_summary(capsys, base, tmp_path):
     """Output that is not a terminal (CI, nohup) gets timestamped stage lines while the run goes:
-    rich's bars would print only once, at the end."""
-    code, output = run_cli(capsys, *with_flag(base, "--method", "uniform"))
+    rich's bars would print only once, at the end. Each step of an iterative schedule shows."""
+    argv = with_flag(with_flag(with_flag(base, "--method", "uniform"), "--schedule", "iterative"), "--steps", "2")
+    code, output = run_cli(capsys, *argv)
     assert code == 0, output
-    lines = [line for line in output.splitlines() if re.match(r"\[\d\d:\d\d:\d\d\] \w+ +\d+\.\d%", line)]
-    stages = list(dict.fromkeys(line.split()[1] for line in lines))
+    lines = [line.split() for line in output.splitlines() if re.match(r"\[\d\d:\d\d:\d\d\] \w+ +\d+\.\d%", line)]
+    stages = list(dict.fromkeys(line[1] for line in lines))
     assert stages == ["intake", "baseline", "importance", "allocation", "surgery", "export"], output
-    for stage in stages:  # each is seen to finish, in at most five lines
-        percents = [float(line.split()[2].rstrip("%")) for line in lines if line.split()[1] == stage]
-        assert percents[-1] == 100.0 and len(percents) <= 5, (stage, percents)
+    finished = {stage: sum(line[1] == stage and line[2] == "100.0%" for line in lines) for stage in stages}
+    assert finished == {"intake": 1, "baseline": 1, "importance": 2, "allocation": 2, "surgery": 2, "export": 1}, output
+    assert len(lines) <= 5 * sum(finished.values())  # a line per quarter at most, not one per update
     assert "MACs (M)" in output and "top-1 (%)" in output and (tmp_path / "o" / "report.json").exists()
