@@ -95,6 +95,24 @@ def multiple_choice_knapsack(values: Sequence[np.ndarray], weights: Sequence[np.
     return picks[::-1]
 
 
+def saliency_per_cost(
+    problem: AllocationProblem, gains: Mapping[str, np.ndarray], options: Mapping[str, np.ndarray]
+) -> dict[str, float | None]:
+    """For the report: each group's removable saliency ÷ the cost it carries, both at full width
+    (the group cut to its fewest units, every other group whole). It is the trade the knapsack
+    makes, so a layer it guts shows a low ratio: cheap saliency held by costly channels. 4 digits;
+    None where removing the group saves nothing."""
+    whole = {g.id: g.units for g in problem.groups}
+    full = problem.cost_of_units(whole)
+    out: dict[str, float | None] = {}
+    for g in problem.groups:
+        fewest = int(options[g.id][0])
+        carried = full - problem.cost_of_units({**whole, g.id: fewest})
+        removable = float(gains[g.id][g.units] - gains[g.id][fewest])
+        out[g.id] = float(f"{removable / carried:.4g}") if carried > 0 else None
+    return out
+
+
 class HALP(Allocator):
     """Latency-saliency knapsack with HALP's step schedule; takes any additive-ish cost (latency, MACs, params)."""
 
@@ -153,6 +171,7 @@ class HALP(Allocator):
                 "predicted": cost,
                 "predicted_unpruned": full,
                 "value": value,
+                "saliency_per_cost": saliency_per_cost(problem, gains, options),
             },
         )
 

@@ -78,6 +78,19 @@ def test_halp_is_optimal_when_costs_are_separable():
     assert allocation.diagnostics["value"] == pytest.approx(value(best))
 
 
+def test_saliency_per_cost_is_what_a_group_can_give_up_over_the_cost_it_carries():
+    """The report's diagnostic, against a direct computation: group a can drop channels worth
+    1+2+4 (it keeps its best, 9) that carry 3 x 3 of the cost; b drops 7+0.5 carrying 2 x 5; c costs nothing."""
+    problem = AllocationProblem(
+        groups=(GroupSpec(id="a", channels=4), GroupSpec(id="b", channels=3), GroupSpec(id="c", channels=2)),
+        scores={"a": np.array([9.0, 1.0, 4.0, 2.0]), "b": np.array([8.0, 7.0, 0.5]), "c": np.array([1.0, 1.0])},
+        cost=lambda keep: 3.0 * keep["a"] + 5.0 * keep["b"],
+        budget=20.5,
+    )
+    ratio = HALP(steps=1).allocate(problem).diagnostics["saliency_per_cost"]
+    assert ratio == {"a": pytest.approx(7 / 9, rel=1e-3), "b": pytest.approx(7.5 / 10, rel=1e-3), "c": None}
+
+
 def test_channel_step_keeps_multiples_or_the_whole_group():
     group = GroupSpec(id="g", channels=20, min_units=3)
     assert allowed_units(group, 8).tolist() == [8, 16, 20]

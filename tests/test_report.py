@@ -228,6 +228,16 @@ def test_an_evolution_search_is_plotted(itpruner_run, tmp_path, steps):
     assert "Evolution search" in page and "12 entries (in report.json)" in page
 
 
+def test_halps_saliency_per_cost_is_plotted(itpruner_run, tmp_path):
+    report = copy.deepcopy(itpruner_run)
+    diagnostics = report["allocation"][0]
+    groups = list(diagnostics.pop("layer_weights"))
+    diagnostics["saliency_per_cost"] = {g: 10.0 ** -i for i, g in enumerate(groups)}  # log axis
+    paths = write_report_files(tmp_path, report)
+    assert "search.png" in [p.name for p in paths]
+    assert "(in report.json), plotted in search.png" in (tmp_path / "report.html").read_text()
+
+
 def test_nap_reports_the_median_score_of_each_group():
     problem = toy_problem(None, budget=60.0)
     d = NAP().allocate(problem).diagnostics

@@ -14,13 +14,13 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from autoprune.report.plots import unit_of
+from autoprune.report.plots import GROUP_VALUES, unit_of
 from autoprune.types import Budget
 
 RUNTIMES = ("torch", "onnxruntime")
 NUMERIC = ' class="num"'
 LONG_VALUE = 100  # characters: longer lists and dicts in the diagnostics are summarised
-PLOTTED = {"candidates", "layer_weights", "group_median_score"}  # diagnostics that search.png draws
+PLOTTED = {"candidates", *GROUP_VALUES}  # diagnostics that search.png draws
 
 # Belt and braces for a file opened from disk: even injected markup could neither run nor load.
 # blob: styles: the dashboard turns the <style> block into a blob: stylesheet (api/web/static/app.js).

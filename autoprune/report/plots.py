@@ -31,6 +31,7 @@ MAX_TICK_LABELS = 90  # beyond this many layers, only every k-th layer is named 
 GROUP_VALUES = {
     "layer_weights": ("layer weight α (nHSIC), ÷ max", "linear"),
     "group_median_score": ("median saliency of the group's channels", "log"),
+    "saliency_per_cost": ("removable saliency ÷ the cost it carries", "log"),
 }
 
 
@@ -173,7 +174,7 @@ def search_figure(report: Mapping[str, Any]) -> Figure | None:
 
 
 def allocation_figure(report: Mapping[str, Any]) -> Figure | None:
-    """ITPruner / NAP: keep ratio of every layer, and the solver's per-group value at its root layer."""
+    """ITPruner / NAP / HALP: keep ratio of every layer, and the solver's per-group value at its root layer."""
     values = [
         (i, d, key) for i, d in enumerate(report.get("allocation") or [], 1) for key in GROUP_VALUES if d.get(key)
     ]
