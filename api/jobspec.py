@@ -99,6 +99,6 @@ def search_helpers(spec: dict[str, Any], budget: Budget) -> int:
         raise SpecError(f"search_workers must be an integer from 1 to {MAX_SEARCH_WORKERS}, not {workers!r}")
     if workers > 1 and spec.get("method") != "evolution":
         raise SpecError(f"search_workers > 1 spreads an evolution search; method {spec.get('method')!r} has none")
-    if workers > 1 and budget.kind == "latency_ms":
+    if workers > 1 and budget.measured:
         raise SpecError("search_workers > 1 needs a flops or params budget: latency tables are measured per process")
     return workers - 1

@@ -42,8 +42,9 @@ def check_method(method: str | Allocator, budget: Budget) -> Allocator:
         allocator = get_allocator(method)
     except KeyError as exc:
         raise UnknownNameError(str(exc.args[0])) from None
-    if budget.kind not in allocator.budgets:
-        accepting = sorted(name for name, cls in ALLOCATORS.items() if budget.kind in cls.budgets)
+    kind = "latency_ms" if budget.measured else budget.kind  # a relative latency is priced in ms too
+    if kind not in allocator.budgets:
+        accepting = sorted(name for name, cls in ALLOCATORS.items() if kind in cls.budgets)
         raise BudgetError(
             f"method {method!r} does not take {budget.kind} budgets; methods that do: {', '.join(accepting)}"
         )

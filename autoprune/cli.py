@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--data", required=True, help="digits | npz:DIR | folder:DIR | an archive (.zip/.tar/.tar.gz) of either")
     prune.add_argument(
         "--budget", required=True,
-        help="flops=0.5 (keep at most 50%% of MACs) | params=0.6 | latency_ms=4.0 (absolute, see --runtime)",
+        help="flops=0.5 (keep at most 50%% of MACs) | params=0.6 | latency=0.7 (of the unpruned model's "
+        "latency, timed by the job) | latency_ms=4.0 (absolute); latency in --runtime at --latency-batch",
     )
     prune.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch", help="where a latency budget is measured (default torch)")
     prune.add_argument("--latency-batch", type=int, default=1, help="batch size at which latency is measured (default 1)")
@@ -218,7 +219,7 @@ def print_summary(report: dict[str, Any], out: str) -> None:
 
 def _budget(args: argparse.Namespace) -> Budget:
     budget = Budget.parse(args.budget)
-    if budget.kind == "latency_ms":
+    if budget.measured:
         return budget.evolve(runtime=args.runtime, batch_size=args.latency_batch)
     return budget
 

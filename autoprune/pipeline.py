@@ -104,7 +104,7 @@ def help_search(
     """
     if spec.method != "evolution" or spec.search_storage is None:
         raise BudgetError("only an evolution search kept in a shared storage can be helped")
-    if spec.schedule != "oneshot" or spec.budget.kind == "latency_ms":
+    if spec.schedule != "oneshot" or spec.budget.measured:
         raise BudgetError("a search can be spread over processes for one-shot MACs or params budgets only")
     validate(spec)
     device = resolve_device(spec.device)
@@ -171,7 +171,7 @@ def run(
     resumed = None
     if state is None:
         state = RunState(reference={"flops": before.macs, "params": before.params})
-        if spec.budget.kind == "latency_ms":
+        if spec.budget.measured:
             state.reference["latency_ms"] = model_latency_ms(model, data.input_shape, spec.budget, spec.latency_repeats)
     else:
         model = ModelSpec.for_data(spec.arch, data, [PruningPlan.from_dict(p) for p in state.plans]).build()
@@ -189,7 +189,9 @@ def run(
 
     steps = spec.iterative_steps if spec.schedule == "iterative" else 1
     step_epochs = _split_epochs(spec.finetune.epochs, steps)
-    targets = step_targets(spec.budget, steps, state.reference.get("latency_ms", 0.0))
+    # a relative latency budget is priced in milliseconds of the timing above (kept in a checkpoint)
+    budget = spec.budget.in_ms(state.reference.get("latency_ms", 0.0))
+    targets = step_targets(budget, steps, state.reference.get("latency_ms", 0.0))
     for step, (target, epochs) in enumerate(zip(targets, step_epochs, strict=True)):
         check_cancel()
         if step < len(state.plans) - 1 or (step == len(state.plans) - 1 and state.epochs_done >= epochs):
@@ -288,6 +290,7 @@ def run(
             "after": latency_after,
             # a latency budget's unpruned latency, measured when the job started (what it pruned from)
             "budget_reference_ms": state.reference.get("latency_ms"),
+            "budget_target_ms": budget.value if budget.measured else None,
         },
         "accuracy_before": eval_before.accuracy,
         # right after the (first) cut, BN statistics re-estimated, not fine-tuned

@@ -8,9 +8,10 @@ from typing import Any, Literal
 
 from autoprune.errors import BudgetError
 
-BudgetKind = Literal["flops", "params", "latency_ms"]
+BudgetKind = Literal["flops", "params", "latency", "latency_ms"]
 Runtime = Literal["torch", "onnxruntime"]
-BUDGET_KINDS: tuple[str, ...] = ("flops", "params", "latency_ms")
+BUDGET_KINDS: tuple[str, ...] = ("flops", "params", "latency", "latency_ms")
+FRACTION_KINDS: tuple[str, ...] = ("flops", "params", "latency")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -18,7 +19,10 @@ class Budget:
     """What the pruned model may cost.
 
     ``flops`` and ``params`` are fractions of the unpruned model (``flops=0.5`` keeps at most half
-    of the MACs); ``latency_ms`` is an absolute target measured in ``runtime`` at ``batch_size``.
+    of the MACs); ``latency_ms`` is an absolute target measured in ``runtime`` at ``batch_size``;
+    ``latency`` is a fraction of the unpruned model's latency, timed by the job itself when it
+    starts. The relative form is what to use on a shared or unfamiliar machine: a target timed
+    elsewhere, or at another load, can be off by a quarter and ask for the impossible.
     """
 
     kind: BudgetKind
@@ -31,7 +35,7 @@ class Budget:
             raise BudgetError(f"budget kind must be one of {', '.join(BUDGET_KINDS)}, not {self.kind!r}")
         if not isinstance(self.value, (int, float)) or self.value != self.value:
             raise BudgetError(f"budget value must be a number, not {self.value!r}")
-        if self.kind in ("flops", "params") and not 0.0 < self.value < 1.0:
+        if self.kind in FRACTION_KINDS and not 0.0 < self.value < 1.0:
             raise BudgetError(f"{self.kind} budget is a fraction of the original and must lie in (0, 1), not {self.value}")
         if self.kind == "latency_ms" and not self.value > 0:
             raise BudgetError(f"latency_ms budget must be positive, not {self.value}")
@@ -40,9 +44,21 @@ class Budget:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise BudgetError(f"batch_size must be a positive integer, not {self.batch_size!r}")
 
+    @property
+    def measured(self) -> bool:
+        """A latency budget: met by timing the pruned model, not by counting its operations."""
+        return self.kind in ("latency", "latency_ms")
+
+    def in_ms(self, reference_ms: float) -> Budget:
+        """This budget with a relative latency turned into milliseconds of ``reference_ms``, the
+        unpruned model's latency; other kinds are returned as they are."""
+        if self.kind != "latency":
+            return self
+        return self.evolve(kind="latency_ms", value=self.value * reference_ms)
+
     @classmethod
     def parse(cls, text: str) -> Budget:
-        """Parse the CLI form ``flops=0.5`` (also ``params=0.6``, ``latency_ms=4``) or a JSON object."""
+        """Parse the CLI form ``flops=0.5`` (also ``params=0.6``, ``latency=0.7``, ``latency_ms=4``) or a JSON object."""
         text = text.strip()
         if text.startswith("{"):
             try:
@@ -52,7 +68,7 @@ class Budget:
             return cls.from_dict(data)
         kind, sep, value = text.partition("=")
         if not sep:
-            raise BudgetError(f"budget must look like flops=0.5, params=0.6 or latency_ms=4.0, not {text!r}")
+            raise BudgetError(f"budget must look like flops=0.5, params=0.6, latency=0.7 or latency_ms=4.0, not {text!r}")
         try:
             number = float(value)
         except ValueError:
@@ -61,7 +77,7 @@ class Budget:
 
     @classmethod
     def from_dict(cls, data: Any) -> Budget:
-        """Parse the API form ``{"flops": 0.5}`` or ``{"latency_ms": 4, "runtime": ..., "batch_size": 1}``."""
+        """Parse the API form ``{"flops": 0.5}`` or ``{"latency": 0.7 | "latency_ms": 4, "runtime": ..., "batch_size": 1}``."""
         if not isinstance(data, dict):
             raise BudgetError("budget must be a JSON object such as {\"flops\": 0.5}")
         kinds = [k for k in data if k in BUDGET_KINDS]
@@ -83,7 +99,7 @@ class Budget:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {self.kind: self.value}
-        if self.kind == "latency_ms":
+        if self.measured:
             out.update(runtime=self.runtime, batch_size=self.batch_size)
         return out
 
@@ -144,7 +160,7 @@ def resolve_method(method: str, budget: Budget) -> str:
     """``method``, or for ``auto`` the allocator the benchmark supports for this kind of budget."""
     if method != DEFAULT_METHOD:
         return method
-    return "halp" if budget.kind == "latency_ms" else "global"
+    return "halp" if budget.measured else "global"
 
 
 @dataclass(frozen=True, kw_only=True)

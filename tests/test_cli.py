@@ -69,9 +69,11 @@ def test_bad_input_is_a_clear_error(capsys, base, flag, value, message):
     assert "Traceback" not in output
 
 
-def test_a_method_without_latency_support_refuses_a_latency_budget(capsys, base):
-    code, output = run_cli(capsys, *with_flag(with_flag(base, "--method", "global"), "--budget", "latency_ms=2"))
-    assert code == 2 and "does not take latency_ms" in output and "Traceback" not in output
+@pytest.mark.parametrize("budget", ["latency_ms=2", "latency=0.7"])
+def test_a_method_without_latency_support_refuses_a_latency_budget(capsys, base, budget):
+    code, output = run_cli(capsys, *with_flag(with_flag(base, "--method", "global"), "--budget", budget))
+    kind = budget.partition("=")[0]
+    assert code == 2 and f"does not take {kind} budgets" in output and "Traceback" not in output
 
 
 def test_weights_for_another_architecture_name_the_parameter(capsys, base, tmp_path):

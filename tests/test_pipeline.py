@@ -108,24 +108,21 @@ def test_a_channel_step_keeps_every_pruned_width_a_multiple_of_it(tmp_path, trai
     assert 0.4 <= report["flops_ratio"] <= 0.5  # ResNet-20's 16-wide stage leaves coarse choices
 
 
-def test_halp_meets_a_measured_latency_target(tmp_path, trained_resnet20):
-    from autoprune.measure import torch_latency_ms
-    from autoprune.models import create_model, load_weights
-
-    model = create_model("resnet20")
-    load_weights(model, trained_resnet20)
+def test_halp_meets_a_latency_budget_relative_to_its_own_timing(tmp_path, trained_resnet20):
     # Batch 16: at batch 1 per-op overheads dominate, and on one 2-core machine even 10% widths
-    # took 0.755x the full latency, so a 0.75x target was infeasible there.
-    full = torch_latency_ms(model, (3, 32, 32), repeats=30, batch_size=16)
-    target = 0.75 * full
-    budget = Budget(kind="latency_ms", value=target, batch_size=16)
+    # took 0.755x the full latency. The budget is relative: the job times the unpruned model
+    # itself, so the target is priced under the load its latency table is measured under (an
+    # absolute target timed by this test, at another moment, was seen 20% off on a loaded VM).
+    budget = Budget(kind="latency", value=0.75, batch_size=16)
     report = run(spec(tmp_path, trained_resnet20, method="halp", budget=budget, finetune=FinetuneConfig(epochs=0),
                       latency_repeats=30, export_onnx=False, export_pt2=False))  # fmt: skip
-    step = report["allocation"][0]
-    assert step["achieved"] <= target  # measured on the whole pruned model by the pipeline
+    step, latency = report["allocation"][0], report["latency"]
+    assert report["budget"] == {"latency": 0.75, "runtime": "torch", "batch_size": 16}
+    assert latency["budget_target_ms"] == pytest.approx(0.75 * latency["budget_reference_ms"])
+    assert step["target"] <= latency["budget_target_ms"]  # the allocation's target, in ms
+    assert step["achieved"] <= latency["budget_target_ms"]  # measured on the whole pruned model
     # Whenever its latency table says the unpruned model misses the target, HALP must cut. (Judged
     # on the table, not on a second timing: other work on a shared machine moves timings by 30%.)
-    assert report["latency"]["budget_reference_ms"] > 0
     if step["predicted_unpruned"] > step["target"]:
         assert step["predicted"] <= step["target"] and report["flops_ratio"] < 1.0
 

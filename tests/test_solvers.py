@@ -81,6 +81,22 @@ def test_latency_budget_needs_a_latency_aware_method(resnet20):
         allocate("global", resnet20[1], Budget(kind="latency_ms", value=1.0))
 
 
+def test_a_relative_latency_budget_is_a_fraction_priced_in_ms_of_the_unpruned_model():
+    budget = Budget.parse("latency=0.7").evolve(runtime="onnxruntime", batch_size=8)
+    assert budget.measured and Budget.parse("latency_ms=3").measured and not Budget.parse("flops=0.5").measured
+    assert Budget.from_dict(budget.to_dict()) == budget
+    assert budget.to_dict() == {"latency": 0.7, "runtime": "onnxruntime", "batch_size": 8}
+    in_ms = budget.in_ms(20.0)
+    assert (in_ms.kind, in_ms.runtime, in_ms.batch_size) == ("latency_ms", "onnxruntime", 8)
+    assert in_ms.value == pytest.approx(14.0)
+    assert Budget.parse("flops=0.5").in_ms(20.0) == Budget.parse("flops=0.5")
+    for bad in ("latency=1.2", "latency=0", "latency=-0.5"):
+        with pytest.raises(BudgetError, match="fraction"):
+            Budget.parse(bad)
+    with pytest.raises(BudgetError, match="does not take latency budgets; methods that do: evolution, halp"):
+        allocate("global", None, budget)  # refused by name, before any inputs are looked at
+
+
 def toy(budget: float, scores: dict[str, list[float]], blocks: int = 1) -> AllocationProblem:
     groups = tuple(GroupSpec(id=k, channels=len(v), blocks=blocks) for k, v in scores.items())
     return AllocationProblem(
@@ -165,6 +181,6 @@ def test_the_default_method_follows_the_budget_kind():
 
     assert DEFAULT_METHOD == "auto"
     assert spec("flops=0.5").method == spec("params=0.6").method == "global"
-    assert spec("latency_ms=2").method == "halp"
+    assert spec("latency_ms=2").method == spec("latency=0.7").method == "halp"
     assert spec("flops=0.5", method="evolution").method == "evolution"
     assert spec("flops=0.5").evolve(seed=3).method == "global"

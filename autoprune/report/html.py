@@ -322,6 +322,10 @@ def _budget_text(report: Mapping[str, Any]) -> str:
         return ""
     if budget.kind == "latency_ms":
         return f"latency ≤ {budget.value:g} ms ({budget.runtime}, batch {budget.batch_size})"
+    if budget.kind == "latency":
+        target = (report.get("latency") or {}).get("budget_target_ms")
+        ms = f" = {target:.3f} ms" if target else ""
+        return f"latency ≤ {_pct(budget.value, 1)} of the unpruned model's{ms} ({budget.runtime}, batch {budget.batch_size})"
     what = "MACs" if budget.kind == "flops" else "parameters"
     return f"{budget.kind}={budget.value:g} (keep at most {_pct(budget.value, 1)} of the {what})"
 
@@ -332,7 +336,7 @@ def _reached(report: Mapping[str, Any]) -> str | None:
     if budget is None or not steps or "achieved" not in steps[-1]:
         return None
     achieved = steps[-1]["achieved"]
-    if budget.kind == "latency_ms":
+    if budget.measured:
         reference = (report.get("latency") or {}).get("budget_reference_ms")
         start = f"; the unpruned model measured {reference:.3f} ms when the job started" if reference else ""
         return f"{achieved:.3f} ms (measured on the whole pruned model{start})"
@@ -343,7 +347,7 @@ def _diagnostic(report: Mapping[str, Any], key: str, value: Any) -> str:
     """One diagnostics value; the solver's ``predicted`` cost is absolute, so it gets its unit."""
     budget = _budget(report)
     if key == "predicted" and isinstance(value, int | float) and budget is not None:
-        if budget.kind == "latency_ms":
+        if budget.measured:
             return f"{value:.4g} ms"
         reference, unit = ("macs_before", "MACs") if budget.kind == "flops" else ("params_before", "params")
         if report.get(reference):

@@ -279,6 +279,6 @@ def unit_of(value: float) -> tuple[float, str]:
 
 
 def _cost_label(budget: Budget) -> str:
-    if budget.kind == "latency_ms":
+    if budget.measured:
         return f"predicted latency (ms, {budget.runtime}, batch {budget.batch_size})"
     return f"{'MACs' if budget.kind == 'flops' else 'params'} ÷ unpruned"

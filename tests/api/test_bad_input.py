@@ -143,6 +143,7 @@ CASES: dict[str, tuple[Callable[[dict[str, bytes]], dict[str, Any]], int, str]] 
     "budget NaN": (fields(budget='{"flops": NaN}'), 422, "bad_budget"),
     "budget a string": (fields(budget='{"flops": "half"}'), 422, "bad_budget"),
     "budget of an unknown kind": (fields(budget='{"speed": 2}'), 422, "bad_budget"),
+    "relative latency over one": (fields(budget='{"latency": 1.5}'), 422, "bad_budget"),
     "budget two kinds": (fields(budget='{"flops": 0.5, "params": 0.5}'), 422, "bad_budget"),
     "budget not JSON": (fields(budget="flops=half"), 422, "bad_json"),
     "budget missing": (fields(budget=None), 422, "missing_field"),

@@ -182,6 +182,9 @@ function budgetText(budget) {
   if (!budget || typeof budget !== "object") return "";
   if ("flops" in budget) return `MACs ≤ ${pct(budget.flops)}`;
   if ("params" in budget) return `params ≤ ${pct(budget.params)}`;
+  if ("latency" in budget) {
+    return `latency ≤ ${pct(budget.latency)} of the unpruned model's (${budget.runtime || "torch"}, batch ${budget.batch_size || 1})`;
+  }
   if ("latency_ms" in budget) {
     return `latency ≤ ${budget.latency_ms} ms (${budget.runtime || "torch"}, batch ${budget.batch_size || 1})`;
   }
@@ -309,7 +312,7 @@ function submission() {
 
   const kind = $("budget-kind").value;
   const budget = { [kind]: Number($("budget-value").value) };
-  if (kind === "latency_ms") {
+  if (kind === "latency" || kind === "latency_ms") {
     budget.runtime = $("runtime").value;
     budget.batch_size = Number($("latency-batch").value);
   }
@@ -345,9 +348,8 @@ function setUpSubmitForm(refreshList) {
   bindChoice("data-source", "data-data-source");
   const kind = $("budget-kind");
   kind.addEventListener("change", () => {
-    const latency = kind.value === "latency_ms";
-    show($("latency-options"), latency);
-    $("budget-value").value = latency ? "5" : "0.5";
+    show($("latency-options"), kind.value === "latency" || kind.value === "latency_ms");
+    $("budget-value").value = { latency: "0.7", latency_ms: "5" }[kind.value] || "0.5";
   });
   const method = $("method");
   method.addEventListener("change", () => show($("search-options"), method.value === "evolution"));
