@@ -175,14 +175,14 @@ def measure_latencies_interleaved(bundles: list[Path], threads: int, repeats: in
         write_json(bundle / "latency.json", result)
 
 
-def latency_of(bundle: Path, threads: int, repeats: int, *, remeasure: bool, reuse_any: bool = False) -> dict[str, Any]:
-    """latency.json if it was timed with these threads (and not ``remeasure``), else a fresh timing.
+def latency_of(bundle: Path, threads: int, repeats: int, *, reuse_any: bool = False) -> dict[str, Any]:
+    """latency.json if it was timed with these threads, else a fresh timing.
 
     ``reuse_any`` (``--no-run``) takes latency.json whatever its threads: tabulating must not re-time
     finished runs under whatever load there is now (each timing records its threads and load).
     """
     path = bundle / "latency.json"
-    if path.exists() and not remeasure:
+    if path.exists():
         cached = read_json(path)
         if reuse_any or cached.get("threads") == threads:
             return cached

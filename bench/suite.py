@@ -24,7 +24,6 @@ import logging
 import sys
 import time
 import traceback
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -87,14 +86,9 @@ def mode_of(args: argparse.Namespace) -> str:
     return "full" if args.full else "quick" if args.quick else "cpu"
 
 
-def latency_target(base_latency: dict[str, Any], args: argparse.Namespace) -> float:
-    """HALP's target in ms: ``--latency-fraction`` × the unpruned model's timing in the chosen runtime and batch."""
-    return args.latency_fraction * base_latency[args.latency_runtime][str(args.latency_batch)]
-
-
 def retime(arch: str, args: argparse.Namespace, settings: Settings, weights: Path, bundle: Path) -> None:
     """``--only-latency``: the unpruned model and every finished run, timed together in rounds."""
-    runs = planned_runs(arch, args, latency_target_ms=1.0)  # directories do not depend on the target
+    runs = planned_runs(arch, args)
     done = [run.directory(settings, seed) for seed in args.seed_list for run in runs if is_done(run, settings, seed, weights)]
     print(f"{arch}: timing the unpruned model and {len(done)} runs in rounds", flush=True)
     measure_latencies_interleaved([bundle, *done], args.threads, settings.latency_repeats)
@@ -104,11 +98,11 @@ def cell(run: Run) -> tuple[str, str, str, str]:
     return run.method, run.criterion, run.label, run.kind
 
 
-def tabulated(arch: str, args: argparse.Namespace, runs: list[Run], base_latency: dict[str, Any]) -> list[Run]:
+def tabulated(arch: str, args: argparse.Namespace, runs: list[Run]) -> list[Run]:
     """The default plan, then the call's other runs. A call with a subset of methods or budgets
     runs only those, but the arch's results file still lists every cell (finished ones from the cache)."""
     defaults = parse_args([*(["--full"] if args.full else []), *(["--quick"] if args.quick else [])])
-    plan = planned_runs(arch, defaults, latency_target(base_latency, defaults))
+    plan = planned_runs(arch, defaults)
     cells = {cell(run) for run in plan}
     return plan + [run for run in runs if cell(run) not in cells]
 
@@ -120,7 +114,7 @@ def run_arch(arch: str, args: argparse.Namespace, settings: Settings, data: Imag
     if args.only_latency:
         retime(arch, args, settings, weights, bundle)
     reuse = args.no_run or args.only_latency
-    base_latency = latency_of(bundle, args.threads, settings.latency_repeats, remeasure=False, reuse_any=reuse)
+    base_latency = latency_of(bundle, args.threads, settings.latency_repeats, reuse_any=reuse)
     cost = count_cost(load_baseline(arch, weights, data), torch.zeros(1, *data.input_shape))
     base = {
         **{k: meta[k] for k in ("accuracy", "loss", "epochs", "recipe", "seconds") if k in meta},
@@ -129,16 +123,13 @@ def run_arch(arch: str, args: argparse.Namespace, settings: Settings, data: Imag
         "params": cost.params,
         "latency_ms": base_latency,
     }
-    runs = planned_runs(arch, args, latency_target(base_latency, args))
+    runs = planned_runs(arch, args)
     wanted = {cell(run) for run in runs}
     rows, failed = [], False
     for seed in args.seed_list:
-        for run in tabulated(arch, args, runs, base_latency):
+        for run in tabulated(arch, args, runs):
             out = run.directory(settings, seed)
             if cell(run) in wanted and not (args.no_run or args.only_latency or is_done(run, settings, seed, weights)):
-                if run.kind == "latency":  # target and HALP's lookup table timed under the same conditions
-                    base["latency_ms"] = latency_of(bundle, args.threads, settings.latency_repeats, remeasure=True)
-                    run = replace(run, budget=replace(run.budget, value=latency_target(base["latency_ms"], args)))
                 try:
                     execute(run, settings, weights, data, seed)
                     (out / "error.txt").unlink(missing_ok=True)
@@ -149,7 +140,7 @@ def run_arch(arch: str, args: argparse.Namespace, settings: Settings, data: Imag
                     failed = True
             latency = None
             if is_done(run, settings, seed, weights):
-                latency = latency_of(out, args.threads, settings.latency_repeats, remeasure=False, reuse_any=reuse)
+                latency = latency_of(out, args.threads, settings.latency_repeats, reuse_any=reuse)
             rows.append(collect(run, settings, seed, latency))
     suite = {
         "arch": arch,

@@ -96,7 +96,7 @@ def latency_table(rows: Sequence[Row], base: Row, compared_label: str) -> list[s
         errors = sorted({r["error"] for r in rows if r["kind"] == "latency" and "error" in r})
         return [f"No latency-budget run finished{': ' + '; '.join(errors) if errors else '.'}"]
     fraction, setting = latency_fraction(halp[0]), latency_setting(halp[0])
-    target = halp[0]["budget"]["latency_ms"]
+    target = halp[0].get("latency_target_ms") or halp[0]["budget"]["latency_ms"]  # rows collected before 2026-12-02
     compared = [r for r in rows if r["kind"] == "latency" or r["label"] == compared_label]
     lines = [
         f"HALP's budget: {fraction:g} × the unpruned model's {setting[0]} batch-{setting[1]} latency (the run "
