@@ -21,8 +21,10 @@ demo: $(STAMP)
 cli-demo: $(STAMP)
 	$(VENV)/bin/autoprune demo --out demo-out
 
+# Two workers, whole files each (module fixtures such as a started service stay in one process):
+# the service tests spend much of their time waiting on worker processes, so two overlap well.
 test: $(STAMP) postgres browser
-	$(VENV)/bin/python -m pytest -q --durations=10
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --durations=10
 
 # PostgreSQL server binaries for tests/api (each test starts a throwaway cluster on loopback).
 # Idempotent; needs root and apt-get, otherwise those tests are skipped with a message.

@@ -16,9 +16,14 @@ from autoprune.models import create_model  # noqa: E402
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+# `make test` runs two pytest-xdist workers: one torch thread each keeps them from oversubscribing
+# two cores (OpenMP threads that outnumber the cores stall each other); alone, pytest uses two.
+DEFAULT_THREADS = "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2"
+
+
 @pytest.fixture(autouse=True)
 def _threads() -> None:
-    torch.set_num_threads(int(os.environ.get("AUTOPRUNE_TEST_THREADS", "2")))
+    torch.set_num_threads(int(os.environ.get("AUTOPRUNE_TEST_THREADS", DEFAULT_THREADS)))
 
 
 def build(name: str) -> torch.nn.Module:
