@@ -41,7 +41,7 @@ def add_commands(sub: Any) -> None:
     submit.add_argument("--data", help="dataset archive to upload instead (.zip/.tar/.tar.gz)")
     submit.add_argument("--budget", default='{"flops": 0.5}', help='budget JSON (default {"flops": 0.5})')
     submit.add_argument(
-        "--method", default=DEFAULT_METHOD, help=f"allocator (default {DEFAULT_METHOD}: uniform, or halp for a latency budget)"
+        "--method", default=DEFAULT_METHOD, help=f"allocator (default {DEFAULT_METHOD}: global, or halp for a latency budget)"
     )
     submit.add_argument("--criterion", help="channel importance (default: the method's)")
     submit.add_argument("--finetune", default="{}", help='fine-tune JSON, e.g. {"epochs": 2}')
