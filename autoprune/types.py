@@ -148,11 +148,12 @@ class FinetuneConfig:
         return asdict(self)
 
 
-# "auto" picks by the budget's kind what bench/results supports (2026-12-01): for MACs/params,
+# "auto" picks by the budget's kind what bench/results supports (2026-12-02): for MACs/params,
 # `global` Taylor ranking (RMS-normalised per layer), which beat uniform-L1 in every cell run with
-# the current code (ResNet-20 2x/3x: +0.5/+1.1 points; MobileNetV2 2x: +5.0) and is the fastest
-# method that sets per-layer widths from data (evolution scored higher on ResNet-20 but searches
-# for minutes); for latency, HALP, the one method that prunes toward a measured latency.
+# the current code (2x/3x: ResNet-20 +0.7/+1.3 points over two seeds, MobileNetV2 +5.0/+8.0,
+# VGG-16-BN +1.6/+2.7) and is the fastest method that sets per-layer widths from data (evolution
+# scored higher on ResNet-20 but searches for minutes); for latency, HALP, the one method that
+# prunes toward a measured latency.
 DEFAULT_METHOD = "auto"
 
 
