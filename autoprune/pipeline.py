@@ -190,8 +190,9 @@ def run(
     steps = spec.iterative_steps if spec.schedule == "iterative" else 1
     step_epochs = _split_epochs(spec.finetune.epochs, steps)
     # a relative latency budget is priced in milliseconds of the timing above (kept in a checkpoint)
-    budget = spec.budget.in_ms(state.reference.get("latency_ms", 0.0))
-    targets = step_targets(budget, steps, state.reference.get("latency_ms", 0.0))
+    reference_ms = state.reference.get("latency_ms", 0.0)
+    budget = spec.budget.in_ms(reference_ms)
+    targets = step_targets(budget, steps, reference_ms)
     for step, (target, epochs) in enumerate(zip(targets, step_epochs, strict=True)):
         check_cancel()
         if step < len(state.plans) - 1 or (step == len(state.plans) - 1 and state.epochs_done >= epochs):
