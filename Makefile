@@ -23,8 +23,10 @@ cli-demo: $(STAMP)
 
 # Two workers, whole files each (module fixtures such as a started service stay in one process):
 # the service tests spend much of their time waiting on worker processes, so two overlap well.
+# Files go out in collection order, which puts the slow service tests (tests/api) first; xdist's
+# default reorder (most tests first) left the few-but-slow files for the end, on one worker.
 test: $(STAMP) postgres browser
-	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --durations=10
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=10
 
 # PostgreSQL server binaries for tests/api (each test starts a throwaway cluster on loopback).
 # Idempotent; needs root and apt-get, otherwise those tests are skipped with a message.
