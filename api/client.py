@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,10 @@ class ProgressLine:
 
 
 class Client:
-    def __init__(self, url: str, token: str, timeout: float = 300.0) -> None:
-        self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
+    def __init__(self, url: str, token: str, timeout: float = 300.0, transport: httpx.BaseTransport | None = None) -> None:
+        self.http = httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout, transport=transport
+        )
 
     def __enter__(self) -> Client:
         return self
@@ -61,15 +64,31 @@ class Client:
             raise ApiClientError(f"HTTP {response.status_code}: {message}")
         return response.json()
 
-    def submit(self, fields: dict[str, str], files: dict[str, str]) -> dict[str, Any]:
-        """Always multipart (text fields as parts without a filename), even with no file."""
-        handles = {name: (Path(path).name, open(path, "rb")) for name, path in files.items()}
-        parts: list[tuple[str, Any]] = [(k, (None, v)) for k, v in fields.items()] + list(handles.items())
-        try:
-            return self._check(self.http.post("/jobs", files=parts))  # type: ignore[no-any-return]
-        finally:
-            for _, f in handles.values():
-                f.close()
+    def submit(self, fields: dict[str, str], files: dict[str, str], attempts: int = 3) -> dict[str, Any]:
+        """Always multipart (text fields as parts without a filename), even with no file.
+
+        Sent with a fresh Idempotency-Key, so a POST whose answer was lost (connection dropped,
+        timeout) or that met a busy database (503) is sent again without queueing a second job.
+        """
+        headers = {"Idempotency-Key": uuid.uuid4().hex}
+        attempt = 1
+        while True:
+            handles = {name: (Path(path).name, open(path, "rb")) for name, path in files.items()}
+            parts: list[tuple[str, Any]] = [(k, (None, v)) for k, v in fields.items()] + list(handles.items())
+            try:
+                response: httpx.Response | None = self.http.post("/jobs", files=parts, headers=headers)
+            except httpx.TransportError:
+                if attempt == attempts:
+                    raise
+                response = None
+            finally:
+                for _, f in handles.values():
+                    f.close()
+            if response is not None and (response.status_code != 503 or attempt == attempts):
+                return self._check(response)  # type: ignore[no-any-return]
+            retry_after = None if response is None else response.headers.get("Retry-After", "")
+            time.sleep(float(retry_after) if retry_after and retry_after.isdigit() else attempt)
+            attempt += 1
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self._check(self.http.get(f"/jobs/{job_id}"))  # type: ignore[no-any-return]

@@ -8,6 +8,7 @@ validator subprocess builds the model and loads weights and data (422) → inser
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.artifacts import ArtifactStore
 from api.errors import ApiError
-from api.jobs import Job, JobStatus, JobStore, NewJob
+from api.jobs import Job, JobStatus, JobStore, KeyTaken, NewJob
 from api.jobspec import EXPORTS, ONNX_ARCH, ONNX_PREFIX, search_helpers, to_jobspec
 from api.settings import Settings
 from api.uploads import Form
@@ -98,9 +99,23 @@ class JobService:
             out["data"] = ARCHIVE_SUFFIXES[kind]
         return out
 
-    async def submit(self, owner: str, form: Form) -> Job:
+    async def submit(self, owner: str, form: Form, idempotency_key: str | None = None) -> tuple[Job, bool]:
+        """Queue the job; returns it and whether it is an earlier submission under the same key.
+
+        With an ``Idempotency-Key``, a repeat of the same request (same fields, same file
+        contents) gets the job the first one queued, whether that one has finished submitting
+        or is racing this one (the store's unique index decides); a different request under a
+        key already used is a 422.
+        """
         job_id = uuid.uuid4().hex
+        fingerprint = None if idempotency_key is None else request_sha256(form)
         try:
+            if idempotency_key is not None:
+                check_idempotency_key(idempotency_key)
+                earlier = self.store.by_key(owner, idempotency_key)
+                if earlier is not None:
+                    form.discard()
+                    return _replayed(earlier, idempotency_key, fingerprint), True
             spec = self._spec(form)
             suffixes = self._suffixes(form)
             inputs = self.artifacts.adopt_inputs(job_id, form.files, suffixes)
@@ -118,9 +133,14 @@ class JobService:
             }  # fmt: skip
             spec["intake"] = await run_in_threadpool(self.validator.check, request)
             helpers = search_helpers(spec, Budget.from_dict(spec["budget"]))
-            return self.store.create(
-                NewJob(id=job_id, owner=owner, spec=spec, inputs=inputs, max_attempts=s.max_attempts, search_helpers=helpers)
-            )
+            new = NewJob(
+                id=job_id, owner=owner, spec=spec, inputs=inputs, max_attempts=s.max_attempts, search_helpers=helpers,
+                idempotency_key=idempotency_key, request_sha256=fingerprint,
+            )  # fmt: skip
+            return self.store.create(new), False
+        except KeyTaken as taken:  # a concurrent submission under the same key queued first
+            self.artifacts.remove_job(job_id)
+            return _replayed(taken.earlier, str(idempotency_key), fingerprint), True
         except BaseException:
             self.artifacts.remove_job(job_id)
             raise
@@ -149,6 +169,28 @@ class JobService:
             if artifact.name == name:
                 return self.artifacts.resolve(artifact.path), artifact.size, artifact.sha256
         raise ApiError(404, "not_found", f"job {job_id} has no artifact {name!r}")
+
+
+def check_idempotency_key(key: str) -> None:
+    """1–255 visible ASCII characters (a UUID is the usual choice)."""
+    if not 1 <= len(key) <= 255 or not all(33 <= ord(c) <= 126 for c in key):
+        raise ApiError(400, "bad_idempotency_key", "Idempotency-Key must be 1-255 visible ASCII characters, e.g. a UUID")
+
+
+def request_sha256(form: Form) -> str:
+    """What makes two submissions the same request: every text field and every file's content."""
+    canonical = {
+        "fields": sorted(form.fields.items()),
+        "files": sorted((name, upload.sha256) for name, upload in form.files.items()),
+    }
+    return hashlib.sha256(json.dumps(canonical).encode()).hexdigest()
+
+
+def _replayed(earlier: Job, key: str, fingerprint: str | None) -> Job:
+    if earlier.request_sha256 != fingerprint:
+        raise ApiError(422, "idempotency_key_reused", f"Idempotency-Key {key!r} was used for a different request "
+                       f"(job {earlier.id}); use a new key for a new job")  # fmt: skip
+    return earlier
 
 
 def _json(fields: dict[str, str], name: str) -> Any:

@@ -31,6 +31,7 @@ class JobRow(Base):
         Index("ix_jobs_claim", "status", "run_after", "created_at"),
         Index("ix_jobs_owner_created", "owner", "created_at"),
         Index("ix_jobs_parent", "parent_id"),
+        Index("ux_jobs_owner_idempotency", "owner", "idempotency_key", unique=True),  # NULL keys never collide
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -55,6 +56,9 @@ class JobRow(Base):
     created_at: Mapped[float] = mapped_column(Float)
     started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # the submitter's Idempotency-Key, and the SHA-256 of the request it came with (a replay must match)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    request_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class ArtifactRow(Base):

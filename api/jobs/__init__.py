@@ -3,9 +3,9 @@
 from api.jobs.model import SEARCH_OVER_STAGES, Artifact, Job, JobKind, JobStatus, NewJob, overall_progress
 from api.jobs.retry import Outcome, RetryStrategy
 from api.jobs.sql_store import SqlJobStore
-from api.jobs.store import JobStore, Lease
+from api.jobs.store import JobStore, KeyTaken, Lease
 
 __all__ = [
-    "SEARCH_OVER_STAGES", "Artifact", "Job", "JobKind", "JobStatus", "JobStore", "Lease", "NewJob", "Outcome", "RetryStrategy", "SqlJobStore",
+    "SEARCH_OVER_STAGES", "Artifact", "Job", "JobKind", "JobStatus", "JobStore", "KeyTaken", "Lease", "NewJob", "Outcome", "RetryStrategy", "SqlJobStore",
     "overall_progress",
 ]  # fmt: skip

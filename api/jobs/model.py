@@ -91,6 +91,8 @@ class Job:
     created_at: float = 0.0
     started_at: float | None = None
     finished_at: float | None = None
+    idempotency_key: str | None = None  #: the submitter's Idempotency-Key, unique per owner
+    request_sha256: str | None = None  #: fingerprint of the submission, for checking a replay of that key
     artifacts: tuple[Artifact, ...] = field(default=())
 
     @classmethod
@@ -113,3 +115,5 @@ class NewJob:
     inputs: dict[str, Any]
     max_attempts: int
     search_helpers: int = 0  #: helper rows to queue with it (evolution searches spread over workers)
+    idempotency_key: str | None = None
+    request_sha256: str | None = None

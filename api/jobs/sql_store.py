@@ -15,12 +15,13 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
 from api.db.engine import db_now
 from api.db.tables import ArtifactRow, JobRow
 from api.jobs.model import Artifact, Job, JobKind, JobStatus, NewJob
-from api.jobs.store import Lease
+from api.jobs.store import KeyTaken, Lease
 
 jobs = JobRow.__table__
 artifacts_t = ArtifactRow.__table__
@@ -64,25 +65,40 @@ class SqlJobStore:
         """Queue the job and its search helpers in one transaction.
 
         Helpers are created a microsecond later each, so a claim (oldest first) reaches the
-        job they help before them.
+        job they help before them. Raises :class:`KeyTaken` when the owner already has a job
+        under ``job.idempotency_key``: the unique index decides between concurrent submissions.
         """
         common = dict(
             owner=job.owner, status=JobStatus.QUEUED.value, spec=job.spec, inputs=job.inputs, progress=0.0,
             attempt=0, max_attempts=job.max_attempts, cancel_requested=False, run_after=self._now,
         )  # fmt: skip
-        with self._write() as conn:
-            row = conn.execute(
-                insert(jobs).values(id=job.id, kind=JobKind.PRUNE.value, created_at=self._now, **common)
-                .returning(*jobs.c)
-            ).one()  # fmt: skip
-            for i in range(job.search_helpers):
-                conn.execute(
+        try:
+            with self._write() as conn:
+                row = conn.execute(
                     insert(jobs).values(
-                        id=uuid.uuid4().hex, kind=JobKind.SEARCH.value, parent_id=job.id,
-                        created_at=self._now + 1e-6 * (i + 1), **common,
-                    )
-                )  # fmt: skip
-            return Job.from_row(row)
+                        id=job.id, kind=JobKind.PRUNE.value, created_at=self._now, idempotency_key=job.idempotency_key,
+                        request_sha256=job.request_sha256, **common,
+                    ).returning(*jobs.c)
+                ).one()  # fmt: skip
+                for i in range(job.search_helpers):
+                    conn.execute(
+                        insert(jobs).values(
+                            id=uuid.uuid4().hex, kind=JobKind.SEARCH.value, parent_id=job.id,
+                            created_at=self._now + 1e-6 * (i + 1), **common,
+                        )
+                    )  # fmt: skip
+                return Job.from_row(row)
+        except IntegrityError:
+            earlier = None if job.idempotency_key is None else self.by_key(job.owner, job.idempotency_key)
+            if earlier is not None:
+                raise KeyTaken(earlier) from None
+            raise
+
+    def by_key(self, owner: str, idempotency_key: str) -> Job | None:
+        query = select(jobs).where(jobs.c.owner == owner, jobs.c.idempotency_key == idempotency_key, _users_job)
+        with self._read() as conn:
+            row = conn.execute(query).one_or_none()
+            return None if row is None else self._job(conn, row)
 
     def get(self, job_id: str, owner: str | None = None) -> Job | None:
         query = select(jobs).where(jobs.c.id == job_id, _users_job)

@@ -22,8 +22,17 @@ class Lease:
     worker_id: str
 
 
+class KeyTaken(Exception):
+    """``create``: the owner already has a job under this Idempotency-Key (perhaps queued a moment ago)."""
+
+    def __init__(self, earlier: Job) -> None:
+        super().__init__(f"job {earlier.id} holds Idempotency-Key {earlier.idempotency_key!r}")
+        self.earlier = earlier
+
+
 class JobStore(Protocol):
     def create(self, job: NewJob) -> Job: ...
+    def by_key(self, owner: str, idempotency_key: str) -> Job | None: ...
     def get(self, job_id: str, owner: str | None = None) -> Job | None: ...
     def list(self, owner: str, *, limit: int, offset: int) -> tuple[list[Job], int]: ...
     def cancel(self, job_id: str, owner: str) -> Job | None: ...

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 
 from api.deps import JobDep, OwnerDep, ServiceDep, StateDep, SubmitterDep
 from api.schemas import ErrorBody, JobPublic, JobsPublic
@@ -45,16 +45,31 @@ SUBMIT_BODY = {
 
 @router.post(
     "", status_code=201, response_model=JobPublic, openapi_extra=SUBMIT_BODY,
-    responses={**ERRORS, **{code: {"model": ErrorBody} for code in (400, 413, 415, 503)}},
+    responses={
+        200: {"model": JobPublic, "description": "a repeat under the same Idempotency-Key: the job it queued"},
+        **ERRORS, **{code: {"model": ErrorBody} for code in (400, 413, 415, 503)},
+    },
 )  # fmt: skip
-async def submit_job(request: Request, owner: SubmitterDep, state: StateDep) -> JobPublic:
+async def submit_job(
+    request: Request,
+    response: Response,
+    owner: SubmitterDep,
+    state: StateDep,
+    idempotency_key: Annotated[
+        str | None, Header(description="a fresh key (e.g. a UUID) per job makes retrying the POST safe")
+    ] = None,
+) -> JobPublic:
     """Queue a pruning job: multipart fields, validated (model built, weights loaded) before queueing."""
     s = state.settings
     form = await read_form(
         request, state.service.artifacts.staging,
         max_bytes=s.max_upload_bytes, max_field_bytes=s.max_field_bytes, max_fields=s.max_fields,
     )  # fmt: skip
-    return JobPublic.of(await state.service.submit(owner, form))
+    job, replayed = await state.service.submit(owner, form, idempotency_key)
+    if replayed:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+    return JobPublic.of(job)
 
 
 @router.get("", response_model=JobsPublic, responses=ERRORS)

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import replace
 
 import pytest
 import service_harness
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
 from api.db import make_engine, migrate
-from api.jobs import Artifact, JobKind, JobStatus, Lease, NewJob, SqlJobStore
+from api.db.migrate import alembic_config
+from api.jobs import Artifact, JobKind, JobStatus, KeyTaken, Lease, NewJob, SqlJobStore
 
+HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 db_url = service_harness.db_url  # fixture
 postgres = service_harness.postgres  # fixture
 
@@ -177,7 +181,7 @@ def test_evolution_studies_live_beside_the_jobs_without_touching_their_schema(st
     again = Evolution(trials=4, population=2).allocate(problem)  # the stored study is complete: nothing to run
     assert again.diagnostics["resumed_trials"] == 4 and again.keep == first.keep
     with store.engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD
     assert store.get(new(store), "alice") is not None  # the jobs' tables still work
 
 
@@ -207,3 +211,21 @@ def test_cancelling_a_queued_job_cancels_its_queued_helpers(store):
     assert store.cancel(job_id, "alice").status is JobStatus.CANCELLED
     assert store.claim("w1", 30) is None  # the helper went with it
     assert store.counts() == {"cancelled": 2}
+
+
+def test_an_idempotency_key_names_one_job_per_owner(store):
+    first = NewJob(
+        id=uuid.uuid4().hex, owner="alice", spec={}, inputs={}, max_attempts=3, search_helpers=1,
+        idempotency_key="order-17", request_sha256="a" * 64,
+    )  # fmt: skip
+    job = store.create(first)
+    assert job.idempotency_key == "order-17" and job.request_sha256 == "a" * 64
+    assert store.by_key("alice", "order-17") == store.get(job.id)
+    with pytest.raises(KeyTaken) as taken:
+        store.create(replace(first, id=uuid.uuid4().hex, request_sha256="b" * 64))
+    assert taken.value.earlier.id == job.id and taken.value.earlier.request_sha256 == "a" * 64
+    assert store.list("alice", limit=10, offset=0)[1] == 1 and store.counts() == {"queued": 2}  # the job and its helper
+    bob = store.create(replace(first, id=uuid.uuid4().hex, owner="bob"))  # keys are per owner
+    assert store.by_key("bob", "order-17").id == bob.id != job.id
+    assert store.by_key("alice", "order-18") is None and store.by_key("carol", "order-17") is None
+    assert store.get(new(store)) and store.get(new(store))  # jobs without a key never collide
