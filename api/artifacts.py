@@ -14,6 +14,7 @@ import hashlib
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from api.jobs.model import Artifact
@@ -110,6 +111,20 @@ class ArtifactStore:
         os.replace(tmp, final)
         _fsync_dir(final.parent)
         return final, artifacts
+
+    def sweep_orphans(self, known: Callable[[list[str]], set[str]], older_than_s: float = 3600.0) -> int:
+        """Delete job dirs that no job row names: an API that died between moving a submission's
+        inputs in and inserting its row leaves one. ``known(ids)`` says which ids have rows; the
+        age guard leaves alone a submission another API process is validating right now."""
+        jobs_dir = self.root / "jobs"
+        if not jobs_dir.is_dir():
+            return 0
+        cutoff = time.time() - older_than_s
+        old = [p.name for p in jobs_dir.iterdir() if p.is_dir() and p.stat().st_mtime < cutoff]
+        orphans = set(old) - known(old)
+        for job_id in orphans:
+            self.remove_job(job_id)
+        return len(orphans)
 
     def sweep_partials(self, older_than_s: float = 3600.0) -> int:
         """Delete abandoned upload bodies (a crash mid-request leaves them behind)."""

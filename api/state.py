@@ -38,10 +38,13 @@ class AppState:
             log.info("SQLite %s: journal_mode=%s", sqlite3.sqlite_version, sqlite_journal_mode())
         migrate(engine)
         artifacts = ArtifactStore(settings.data_dir)
+        store = SqlJobStore(engine)
         artifacts.sweep_partials()
+        if swept := artifacts.sweep_orphans(store.known_ids):
+            log.warning("removed %d job dirs that no job row names (an API stopped mid-submission)", swept)
         validator = Validator(settings.validation_timeout_s, threads=max(settings.child_threads, 1))
         validator.start()
-        service = JobService(settings=settings, store=SqlJobStore(engine), artifacts=artifacts, validator=validator)
+        service = JobService(settings=settings, store=store, artifacts=artifacts, validator=validator)
         return cls(
             settings=settings, engine=engine, tokens=TokenStore(engine), service=service,
             requests=RateLimiter(settings.requests_per_minute), submits=RateLimiter(settings.submits_per_minute),

@@ -221,6 +221,14 @@ class SqlJobStore:
                 out.extend((row.id, JobStatus(values["status"])) for row in rows)
         return out
 
+    def known_ids(self, ids: builtins.list[str]) -> set[str]:
+        """Which of ``ids`` have a row (jobs and search helpers alike)."""
+        found: set[str] = set()
+        with self._read() as conn:
+            for start in range(0, len(ids), 500):
+                found.update(conn.execute(select(jobs.c.id).where(jobs.c.id.in_(ids[start : start + 500]))).scalars())
+        return found
+
     # --- metrics ----------------------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from dataclasses import replace
@@ -229,3 +230,22 @@ def test_an_idempotency_key_names_one_job_per_owner(store):
     assert store.by_key("bob", "order-17").id == bob.id != job.id
     assert store.by_key("alice", "order-18") is None and store.by_key("carol", "order-17") is None
     assert store.get(new(store)) and store.get(new(store))  # jobs without a key never collide
+
+
+def test_an_api_start_sweeps_job_dirs_that_no_row_names(store, tmp_path):
+    from api.artifacts import ArtifactStore
+
+    artifacts = ArtifactStore(tmp_path)
+    job_id = uuid.uuid4().hex
+    store.create(NewJob(id=job_id, owner="alice", spec={}, inputs={}, max_attempts=3, search_helpers=1))
+    with store.engine.begin() as conn:
+        helper_id = conn.execute(text("SELECT id FROM jobs WHERE parent_id = :p"), {"p": job_id}).scalar()
+    orphan, fresh = uuid.uuid4().hex, uuid.uuid4().hex  # inputs moved in, then the API died before the row
+    hour_ago = time.time() - 3700
+    for name in (job_id, helper_id, orphan, fresh):
+        (artifacts.job_dir(name) / "inputs").mkdir(parents=True)
+        if name != fresh:  # a submission being validated right now by another API process
+            os.utime(artifacts.job_dir(name), (hour_ago, hour_ago))
+    assert store.known_ids([job_id, helper_id, orphan]) == {job_id, helper_id}
+    assert artifacts.sweep_orphans(store.known_ids) == 1
+    assert {p.name for p in (tmp_path / "jobs").iterdir()} == {job_id, helper_id, fresh}
