@@ -34,8 +34,9 @@ REPORT_KEYS = (
 class Run:
     """One cell: an allocator and criterion at one budget on one arch.
 
-    ``kind`` is ``main`` (the methods table), ``latency`` (HALP's latency budget) or ``high``
-    (the high-compression fidelity check).
+    ``kind`` is ``main`` (the methods table), ``latency`` (HALP's latency budget), ``high``
+    (the high-compression fidelity check) or ``step`` (widths in multiples of ``channel_step``,
+    listed in the methods table beside the free-width rows).
     """
 
     arch: str
@@ -44,14 +45,16 @@ class Run:
     budget: Budget
     label: str  # "flops=0.5", or "latency=0.8x" for 0.8 × the unpruned model's measured latency
     kind: str
+    channel_step: int = 1
 
     @property
     def name(self) -> str:
-        return f"{self.method}:{self.criterion}"
+        return f"{self.method}:{self.criterion}" + (f"/step{self.channel_step}" if self.channel_step > 1 else "")
 
     def directory(self, settings: Settings, seed: int) -> Path:
         tag = settings.recipe(self.arch).finetune_tag
-        return settings.runs / f"{self.arch}-{self.method}-{self.criterion}-{self.label}-{tag}-s{seed}"
+        step = f"-step{self.channel_step}" if self.channel_step > 1 else ""
+        return settings.runs / f"{self.arch}-{self.method}-{self.criterion}-{self.label}{step}-{tag}-s{seed}"
 
 
 def parse_methods(text: str) -> list[tuple[str, str]]:
@@ -71,8 +74,9 @@ def parse_budgets(text: str) -> list[Budget]:
 
 
 def planned_runs(arch: str, args: argparse.Namespace) -> list[Run]:
-    """Methods × MACs budgets, HALP at a latency budget (unless --latency-fraction 0), then the
-    high-compression check (unless --high-budgets is empty).
+    """Methods × MACs budgets, HALP at a latency budget (unless --latency-fraction 0), the
+    high-compression check (unless --high-budgets is empty), then the channel-step runs (unless
+    --step-budgets is empty).
 
     The latency budget is the product's relative one: the job times the unpruned model itself,
     under the load its latency table is measured under. (Runs before 2026-12-02 were given an
@@ -91,6 +95,11 @@ def planned_runs(arch: str, args: argparse.Namespace) -> list[Run]:
         Run(arch, m, c, budget, str(budget), "high")
         for budget in parse_budgets(args.high_budgets)
         for m, c in parse_methods(args.high_methods)
+    ]
+    runs += [
+        Run(arch, m, c, budget, str(budget), "step", args.channel_step)
+        for budget in parse_budgets(args.step_budgets)
+        for m, c in parse_methods(args.step_methods)
     ]
     return runs
 
@@ -123,6 +132,7 @@ def execute(run: Run, settings: Settings, weights: Path, data: ImageData, seed: 
             finetune=cfg,
             seed=seed,
             latency_repeats=settings.latency_repeats,
+            channel_step=run.channel_step,
             export_pt2=False,
             out_dir=str(out),
         )

@@ -39,7 +39,17 @@ from baselines import (
 from common import load_average, machine, today, versions
 from plots import width_plot
 from runs import Run, collect, execute, is_done, parse_budgets, parse_methods, planned_runs
-from settings import ARCHS, BUDGETS, HIGH_BUDGETS, HIGH_METHODS, METHODS, Settings
+from settings import (
+    ARCHS,
+    BUDGETS,
+    CHANNEL_STEP,
+    HIGH_BUDGETS,
+    HIGH_METHODS,
+    METHODS,
+    STEP_BUDGETS,
+    STEP_METHODS,
+    Settings,
+)
 from tables import ARCH_TITLES, width_runs, write_results
 
 from autoprune.data import ImageData, load_data
@@ -65,6 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latency-batch", type=int, choices=[1, 64], default=64)
     parser.add_argument("--high-methods", default=",".join(HIGH_METHODS), help="fidelity check (d): methods")
     parser.add_argument("--high-budgets", default=HIGH_BUDGETS, help="fidelity check (d): budgets; empty skips it")
+    parser.add_argument("--step-methods", default=",".join(STEP_METHODS), help="methods also run with --channel-step")
+    parser.add_argument("--step-budgets", default=STEP_BUDGETS, help="their MACs budgets; empty skips them")
+    parser.add_argument("--channel-step", type=int, default=CHANNEL_STEP, help="widths in multiples of this for those runs")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-only", action="store_true", help="train the baselines of --archs, run nothing else")
     parser.add_argument(
@@ -77,8 +90,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         raise SystemExit(f"unknown arch {', '.join(unknown)}; the suite knows {', '.join(ARCHS)}")
     args.seed_list = [int(s) for s in args.seeds.split(",") if s.strip()]
-    parse_methods(args.methods), parse_methods(args.high_methods)  # fail on a malformed list before any work
-    parse_budgets(args.budgets), parse_budgets(args.high_budgets)
+    for methods in (args.methods, args.high_methods, args.step_methods):  # fail on a malformed list before any work
+        parse_methods(methods)
+    for budgets in (args.budgets, args.high_budgets, args.step_budgets):
+        parse_budgets(budgets)
+    if "tp" in {m for m, _ in parse_methods(args.step_methods)}:
+        raise SystemExit("--step-methods: Torch-Pruning's pruners have no channel step here")
     return args
 
 
@@ -94,8 +111,8 @@ def retime(arch: str, args: argparse.Namespace, settings: Settings, weights: Pat
     measure_latencies_interleaved([bundle, *done], args.threads, settings.latency_repeats)
 
 
-def cell(run: Run) -> tuple[str, str, str, str]:
-    return run.method, run.criterion, run.label, run.kind
+def cell(run: Run) -> tuple[str, str, str, str, int]:
+    return run.method, run.criterion, run.label, run.kind, run.channel_step
 
 
 def tabulated(arch: str, args: argparse.Namespace, runs: list[Run]) -> list[Run]:

@@ -163,7 +163,8 @@ def arch_section(suite: Mapping[str, Any]) -> list[str]:
         f"distillation from the unpruned model (weight {ft['distill_weight']}, T={ft['temperature']:g}). "
         f"Pruning/fine-tune seeds: {seeds}. Latency: median of {s['latency_repeats']} runs, "
         f"{threads_note(suite, rows)}, from the exported files ({load_note(base, rows)}). "
-        "Search s = importance + allocation (+ HALP's latency table; Torch-Pruning: its ratio bisection).",
+        "Search s = importance + allocation (+ HALP's latency table; Torch-Pruning: its ratio bisection). "
+        "`/stepN` rows kept widths in multiples of N (`--channel-step N`), which onnxruntime's kernels run faster.",
         "",
         f"{bn_note(done(rows))}",
         "",
@@ -173,7 +174,8 @@ def arch_section(suite: Mapping[str, Any]) -> list[str]:
         "",
     ]
     for label in dict.fromkeys(r["label"] for r in rows if r["kind"] == "main"):
-        lines += [f"### {label}", "", *method_table([r for r in rows if r["label"] == label and r["kind"] == "main"], base), ""]
+        table = method_table([r for r in rows if r["label"] == label and r["kind"] in ("main", "step")], base)
+        lines += [f"### {label}", "", *table, ""]
     if any(r["kind"] == "latency" for r in rows):
         lines += ["### Latency budget", "", *latency_table(rows, base, suite["latency_compared"]), ""]
     lines += [
