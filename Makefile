@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: demo cli-demo test bench bench-load lint clean postgres browser
+.PHONY: demo cli-demo test bench bench-load lint typecheck contracts clean postgres browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,8 @@ cli-demo: $(STAMP)
 # the service tests spend much of their time waiting on worker processes, so two overlap well.
 # Files go out in collection order, which puts the slow service tests (tests/api) first; xdist's
 # default reorder (most tests first) left the few-but-slow files for the end, on one worker.
-test: $(STAMP) postgres browser
+# The static checks (seconds) run first, so a lint, type or import-contract error fails fast.
+test: $(STAMP) lint typecheck contracts postgres browser
 	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=10
 
 # PostgreSQL server binaries for tests/api (each test starts a throwaway cluster on loopback).
@@ -52,16 +53,34 @@ browser:
 # The benchmark suite's CPU setting (ResNet-20, seed 0; resumable, cached in bench/.cache) and the
 # fidelity checks; writes bench/results/RESULTS.md. Options: `make bench BENCH_ARGS="--archs ... --seeds 0,1"`.
 bench: $(STAMP)
-	$(VENV)/bin/python bench/fidelity.py
-	$(VENV)/bin/python bench/suite.py $(BENCH_ARGS)
+	$(VENV)/bin/python -m bench.fidelity
+	$(VENV)/bin/python -m bench.suite $(BENCH_ARGS)
 
 # Load on the job service over loopback (wrk against GET /jobs/{id}, 50 MiB submissions); needs `wrk`.
 bench-load: $(STAMP)
-	$(VENV)/bin/python bench/load_api.py
+	$(VENV)/bin/python -m bench.load_api
 
+# ruff, mypy and import-linter come with the test extras; their settings are in pyproject.toml.
 lint: $(STAMP)
-	$(VENV)/bin/pip install --quiet ruff==0.14.0
-	$(VENV)/bin/ruff check --select F,E9,I --line-length 120 autoprune solvers api tests bench
+	$(VENV)/bin/ruff check autoprune solvers api tests bench
+	$(VENV)/bin/ruff format --check autoprune solvers api tests bench
+
+# mypy over the scope in [tool.mypy] files (solvers, api/jobs, api/worker, the validator).
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+# Import contracts ([tool.importlinter]): api -> autoprune -> solvers; no torch in solvers.
+contracts: $(STAMP)
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) demo-out demo-service .pytest_cache
+
+# The docker-compose topology built and run end to end (deploy/compose_test.py, docs/deploy.md):
+# PostgreSQL, the API and two workers from locally built images on the host's network; a digits
+# job survives a worker container's `docker kill` and an API restart. As root it installs
+# docker.io, docker-compose and debootstrap when missing and starts dockerd; the base images are
+# built once and kept in docker's image store. Without root or docker it says why and skips.
+.PHONY: compose-test
+compose-test: $(STAMP)
+	$(VENV)/bin/python deploy/compose_test.py $(COMPOSE_TEST_ARGS)

@@ -1,4 +1,4 @@
-"""HTTP job service: FastAPI API, SQLAlchemy job store, workers. See the README, "The job service".
+"""HTTP job service: FastAPI API, SQLAlchemy job store, workers. See docs/service.md.
 
 Nothing here imports torch: only the validator subprocess and the workers' job children do.
 """

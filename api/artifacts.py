@@ -1,7 +1,9 @@
 """Files under the data dir: staged uploads, job inputs, and per-attempt outputs.
 
 Layout: ``uploads/*.partial`` (bodies being received), ``jobs/<id>/inputs/`` (accepted
-uploads, server-named), ``jobs/<id>/<attempt-tag>.tmp/`` (what a running attempt writes) and
+uploads, server-named), ``jobs/<id>/scratch/<attempt-tag>/`` (an attempt's or a submission
+check's temporary files: removed when it ends, swept at start), ``jobs/<id>/<attempt-tag>.tmp/``
+(what a running attempt writes) and
 ``jobs/<id>/<attempt-tag>/`` (published: fsynced, then renamed in one step), and
 ``jobs/<id>/checkpoint/`` (resumable state shared by the attempts). A retry gets a new
 tag, so it never overwrites another attempt's files; downloads resolve only the paths that the
@@ -56,13 +58,17 @@ class ArtifactStore:
             raise ValueError(f"{relative!r} is outside the data dir")
         return path
 
-    def adopt_inputs(self, job_id: str, files: dict[str, UploadedFile], suffixes: dict[str, str]) -> dict[str, dict[str, object]]:
-        """Move staged uploads into the job's inputs dir under server-chosen names."""
+    def adopt_inputs(
+        self, job_id: str, files: dict[str, UploadedFile], suffixes: dict[str, str]
+    ) -> dict[str, dict[str, object]]:
+        """fsync staged uploads and move them into the job's inputs dir under server-chosen names (blocking)."""
         inputs_dir = self.job_dir(job_id) / "inputs"
         inputs_dir.mkdir(parents=True, exist_ok=False)
         out: dict[str, dict[str, object]] = {}
         for name, upload in files.items():
             target = inputs_dir / f"{INPUT_NAMES[name]}{suffixes[name]}"
+            with upload.path.open("rb") as f:
+                os.fsync(f.fileno())
             os.replace(upload.path, target)
             out[name] = {
                 "path": str(target.relative_to(self.root)), "size": upload.size,
@@ -93,6 +99,39 @@ class ArtifactStore:
         path = self.job_dir(job_id) / f"{tag}.tmp"
         path.mkdir(parents=True)
         return path
+
+    def scratch_dir(self, job_id: str, tag: str) -> Path:
+        """A fresh directory for one attempt's temporary files (extracted data): inside the job's dir,
+        never the system's temp dir. Other attempts' leftovers are removed (their workers lost the job)."""
+        root = self.job_dir(job_id) / "scratch"
+        if root.is_dir():
+            for stale in root.iterdir():
+                shutil.rmtree(stale, ignore_errors=True)
+        path = root / tag
+        path.mkdir(parents=True)
+        return path
+
+    def drop_scratch(self, job_id: str, tag: str | None = None) -> None:
+        """Remove one attempt's scratch dir (every ending), or all of the job's."""
+        root = self.job_dir(job_id) / "scratch"
+        shutil.rmtree(root / tag if tag else root, ignore_errors=True)
+        try:
+            root.rmdir()  # when no other attempt's is left
+        except OSError:
+            pass
+
+    def sweep_scratch(self, idle: Callable[[list[str]], set[str]]) -> int:
+        """At start: remove the scratch dirs of jobs that have a row and are not running (``idle(ids)``
+        says which); a killed worker or validator leaves them. Row-less dirs (a submission being
+        checked) are left to :meth:`sweep_orphans`."""
+        jobs_dir = self.root / "jobs"
+        if not jobs_dir.is_dir():
+            return 0
+        having = [p.parent.name for p in jobs_dir.glob("*/scratch")]
+        idle_ids = idle(having) if having else set()
+        for job_id in idle_ids:
+            self.drop_scratch(job_id)
+        return len(idle_ids)
 
     def publish(self, tmp: Path) -> tuple[Path, list[Artifact]]:
         """fsync every output, rename ``X.tmp`` to ``X`` and describe the files."""

@@ -12,7 +12,9 @@ import logging
 import os
 from typing import Any
 
-from autoprune.types import DEFAULT_METHOD
+from autoprune.errors import AutopruneError
+from autoprune.spec import JobOptions
+from autoprune.spec_cli import add_options_flags, given_options
 
 
 def add_commands(sub: Any) -> None:
@@ -32,31 +34,27 @@ def add_commands(sub: Any) -> None:
     create.add_argument("--owner", required=True, help="owner name; jobs are visible to their owner only")
     create.set_defaults(func=cmd_token_create)
 
-    submit = sub.add_parser("submit", help="submit a job over HTTP, optionally wait and download the artifacts")
+    submit = sub.add_parser(
+        "submit", help="submit a job over HTTP, optionally wait and download the artifacts",
+        description="Submit a job to the service. The job's flags are those of `autoprune prune`; "
+        "one left out takes the service's default.",
+    )  # fmt: skip
     submit.add_argument("--url", default=os.environ.get("AUTOPRUNE_URL", "http://127.0.0.1:8000"), help="API base URL")
     submit.add_argument("--token", default=os.environ.get("AUTOPRUNE_TOKEN"), help="bearer token (or AUTOPRUNE_TOKEN)")
-    submit.add_argument("--arch", default="resnet20", help="architecture (default resnet20)")
     submit.add_argument("--weights", help="weights file to upload (.safetensors, .pt, .pth)")
+    submit.add_argument("--onnx", help="an .onnx classifier to prune, instead of --arch")
     submit.add_argument("--dataset", default="digits", help="built-in dataset (default digits)")
     submit.add_argument("--data", help="dataset archive to upload instead (.zip/.tar/.tar.gz)")
-    submit.add_argument("--budget", default='{"flops": 0.5}', help='budget JSON (default {"flops": 0.5})')
-    submit.add_argument(
-        "--method", default=DEFAULT_METHOD, help=f"allocator (default {DEFAULT_METHOD}: global, or halp for a latency budget)"
-    )
-    submit.add_argument("--criterion", help="channel importance (default: the method's)")
-    submit.add_argument("--finetune", default="{}", help='fine-tune JSON, e.g. {"epochs": 2}')
-    submit.add_argument("--search-workers", type=int, default=1,
-                        help="evolution: worker slots that share the search (default 1)")  # fmt: skip
-    submit.add_argument("--search-trials", type=int, help="evolution: candidates the search evaluates (default 60)")
-    submit.add_argument("--channel-step", type=int, default=1, help="kept widths in multiples of this, e.g. 8 (default 1)")
-    submit.add_argument("--exports", default="onnx,pt2", help="formats besides safetensors: onnx, pt2, both (default) or none")
+    submit.add_argument("--search-workers", type=int, help="evolution: worker slots that share the search (default 1)")
     submit.add_argument("--wait", action="store_true", help="poll until the job finishes, showing progress")
     submit.add_argument("--download", metavar="DIR", help="with --wait: download every artifact into DIR")
-    submit.set_defaults(func=cmd_submit)
+    add_options_flags(submit, http_only=True)
+    submit.set_defaults(func=cmd_submit, arch="resnet20", budget="flops=0.5")
 
 
 def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # force: autoprune.cli.main has configured the root logger already (WARNING)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -68,7 +66,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _logging()
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = Settings(**overrides)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=10)
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=10
+    )
     return 0
 
 
@@ -114,20 +114,39 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     if not args.token:
         raise SystemExit("error: give --token or set AUTOPRUNE_TOKEN (autoprune token create --owner NAME)")
-    fields = {"arch": args.arch, "budget": args.budget, "method": args.method, "finetune": args.finetune,
-              "search_workers": str(args.search_workers), "channel_step": str(args.channel_step),
-              "exports": args.exports}  # fmt: skip
-    if args.criterion:
-        fields["criterion"] = args.criterion
-    if args.search_trials is not None:
-        fields["search_trials"] = str(args.search_trials)
+    try:
+        fields = form_fields_of(given_options(args, JobOptions))  # the files go as files
+    except AutopruneError as exc:
+        raise SystemExit(f"error ({exc.code}): {exc}") from None
+    if args.onnx:
+        fields.pop("arch", None)
     if not args.data:
         fields["dataset"] = args.dataset
-    files = {k: v for k, v in (("weights", args.weights), ("data", args.data)) if v}
+    if args.search_workers is not None:
+        fields["search_workers"] = str(args.search_workers)
+    files = {k: v for k, v in (("weights", args.weights), ("data", args.data), ("onnx", args.onnx)) if v}
     try:
         return _submit(Client(args.url, args.token), fields, files, args)
     except (ApiClientError, httpx.HTTPError, OSError) as exc:
         raise SystemExit(f"error: {exc}") from None
+
+
+def form_fields_of(given: dict[str, Any]) -> dict[str, str]:
+    """The form's text fields for the options given on the command line."""
+    fields: dict[str, str] = {}
+    options = given.pop("options", {})
+    for name, value in {**given, **options}.items():
+        if name == "budget":
+            fields[name] = json.dumps(value.to_dict())
+        elif isinstance(value, dict):
+            fields[name] = json.dumps(value)
+        elif isinstance(value, list):
+            fields[name] = ",".join(value) or "none"
+        elif isinstance(value, bool):
+            fields[name] = "true" if value else "false"
+        else:
+            fields[name] = str(value)
+    return fields
 
 
 def _submit(client: Any, fields: dict[str, str], files: dict[str, str], args: argparse.Namespace) -> int:
@@ -148,5 +167,3 @@ def _submit(client: Any, fields: dict[str, str], files: dict[str, str], args: ar
 
 SUMMARY_KEYS = ("arch", "method", "criterion", "budget", "flops_ratio", "params_ratio", "accuracy_before", "accuracy_after",
                 "latency_ms_before", "latency_ms_after", "timings")  # fmt: skip
-
-

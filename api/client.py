@@ -43,7 +43,9 @@ class ProgressLine:
 
 
 class Client:
-    def __init__(self, url: str, token: str, timeout: float = 300.0, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self, url: str, token: str, timeout: float = 300.0, transport: httpx.BaseTransport | None = None
+    ) -> None:
         self.http = httpx.Client(
             base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout, transport=transport
         )
@@ -93,7 +95,9 @@ class Client:
     def job(self, job_id: str) -> dict[str, Any]:
         return self._check(self.http.get(f"/jobs/{job_id}"))  # type: ignore[no-any-return]
 
-    def wait(self, job_id: str, on_update: Callable[[dict[str, Any]], None] | None = None, poll_s: float = 1.0) -> dict[str, Any]:
+    def wait(
+        self, job_id: str, on_update: Callable[[dict[str, Any]], None] | None = None, poll_s: float = 1.0
+    ) -> dict[str, Any]:
         while True:
             job = self.job(job_id)
             if on_update is not None:

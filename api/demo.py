@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 from api.client import Client
-from autoprune.types import DEFAULT_METHOD
+from autoprune.spec import DEFAULT_METHOD
 
 
 def _free_port() -> int:
@@ -41,7 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     port = _free_port()
-    env = {**os.environ, "AUTOPRUNE_DATA_DIR": str(root / "data"), "AUTOPRUNE_PORT": str(port), "AUTOPRUNE_DATABASE_URL": ""}
+    env = {
+        **os.environ,
+        "AUTOPRUNE_DATA_DIR": str(root / "data"),
+        "AUTOPRUNE_PORT": str(port),
+        "AUTOPRUNE_DATABASE_URL": "",
+    }
 
     weights = root / "baseline.safetensors"
     if not weights.exists():
@@ -75,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
             names = client.download_all(job["id"], out)
             print(f"4/4 downloaded {', '.join(names)} into {out} (SHA-256 checked)")
         from autoprune.cli import print_summary
+        from autoprune.report.schema import Report
 
-        print_summary(job["result"], str(out))
+        print_summary(Report.model_validate(job["result"]), str(out))
         return 0
     finally:
         for proc in procs:

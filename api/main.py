@@ -52,11 +52,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             state.close()
 
+    docs = settings.docs_enabled  # off in production unless AUTOPRUNE_DOCS=true
     app = FastAPI(
         title="autoprune", version="0.1.0", lifespan=lifespan, generate_unique_id_function=_operation_id,
         description="Structured channel pruning as a job service. Every route but /healthz takes a bearer token.",
+        docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )  # fmt: skip
-    errors.install(app)
+    errors.install(app, settings.data_dir)
     app.include_router(router)
     app.include_router(web.router)  # the dashboard's pages at / and /ui/...
     app.add_middleware(CountResponses, counter=responses)

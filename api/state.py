@@ -1,4 +1,4 @@
-"""Everything one API process holds open: engine, stores, validator, limiters. Built in lifespan."""
+"""Everything one API process holds open: engine, stores, validator pool, limiters. Built in lifespan."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ from sqlalchemy import Engine
 
 from api.artifacts import ArtifactStore
 from api.db import make_engine, migrate, sqlite_journal_mode
+from api.intake import ProcessLimits
 from api.jobs import SqlJobStore
 from api.metrics import RequestCounter
 from api.security import RateLimiter, TokenStore
 from api.service import JobService
 from api.settings import Settings
-from api.validator import Validator
+from api.validator import ValidatorPool
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +41,19 @@ class AppState:
         artifacts = ArtifactStore(settings.data_dir)
         store = SqlJobStore(engine)
         artifacts.sweep_partials()
+        artifacts.sweep_scratch(store.not_running)
         if swept := artifacts.sweep_orphans(store.known_ids):
             log.warning("removed %d job dirs that no job row names (an API stopped mid-submission)", swept)
-        validator = Validator(settings.validation_timeout_s, threads=max(settings.child_threads, 1))
-        validator.start()
-        service = JobService(settings=settings, store=store, artifacts=artifacts, validator=validator)
+        limits = ProcessLimits(
+            memory_bytes=settings.validator_memory_bytes, cpu_s=settings.validation_cpu_s,
+            threads=max(settings.child_threads, 1),
+        )  # fmt: skip
+        validators = ValidatorPool.of_processes(
+            settings.validators, settings.validation_timeout_s, limits,
+            queue_limit=settings.validation_queue, per_owner=settings.validations_per_owner,
+        )  # fmt: skip
+        validators.start()
+        service = JobService(settings=settings, store=store, artifacts=artifacts, validators=validators)
         return cls(
             settings=settings, engine=engine, tokens=TokenStore(engine), service=service,
             requests=RateLimiter(settings.requests_per_minute), submits=RateLimiter(settings.submits_per_minute),
@@ -52,5 +61,5 @@ class AppState:
         )  # fmt: skip
 
     def close(self) -> None:
-        self.service.validator.close()
+        self.service.validators.close()
         self.engine.dispose()

@@ -4,11 +4,13 @@ Starlette's form parser caps only non-file parts and spools files without bound,
 parses the body itself with python-multipart: the total body is counted chunk by chunk (413 as
 soon as it passes ``max_upload_bytes``, whatever Content-Length said), text fields are capped
 at ``max_field_bytes``, only the expected field names are accepted, each at most once, and file
-parts go straight to ``*.partial`` files that are deleted on any failure.
+parts go straight to ``*.partial`` files that are deleted on any failure. A full disk is the
+server's condition, not a malformed body: 507 ``storage_full``, retryable.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import uuid
@@ -19,10 +21,10 @@ from typing import IO
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from api.errors import ApiError
+from api.errors import DISK_FULL, ApiError, storage_full
+from api.jobspec import FILE_FIELDS, text_fields
 
-TEXT_FIELDS = frozenset({"arch", "dataset", "budget", "method", "criterion", "finetune", "search_workers", "search_trials", "channel_step", "exports"})
-FILE_FIELDS = frozenset({"weights", "data", "onnx"})
+FAILPOINT_ENV = "AUTOPRUNE_FAILPOINT"  # tests: "upload_enospc:NAME" fails writing a file part named NAME
 
 
 @dataclass
@@ -54,6 +56,7 @@ class _Collector:
         self.staging = staging
         self.max_field_bytes = max_field_bytes
         self.max_fields = max_fields
+        self.text_fields = text_fields()  # the job spec's form fields and the service's own
         self.parts = 0
         self._header_name = b""
         self._header_value = b""
@@ -91,15 +94,18 @@ class _Collector:
         self._name = name
         if b"filename" in options:
             if name not in FILE_FIELDS:
-                raise ApiError(422, "unexpected_file", f"{name!r} is not a file field; files go in {sorted(FILE_FIELDS)}")
+                raise ApiError(422, "unexpected_file", f"{name!r} is not a file field; files go in {list(FILE_FIELDS)}")
             filename = os.path.basename(options[b"filename"].decode("utf-8", "replace"))[:200]
             path = self.staging / f"{uuid.uuid4().hex}.partial"
             self._upload = UploadedFile(field=name, filename=filename, path=path)
             self.form.files[name] = self._upload
             self._file = open(path, "xb")
+            if os.environ.get(FAILPOINT_ENV) == f"upload_enospc:{filename}":  # tests: a full disk
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
             self._hash = hashlib.sha256()
-        elif name not in TEXT_FIELDS:
-            raise ApiError(422, "unknown_field", f"unknown form field {name!r}; accepted: {sorted(TEXT_FIELDS | FILE_FIELDS)}")
+        elif name not in self.text_fields:
+            accepted = sorted(self.text_fields | set(FILE_FIELDS))
+            raise ApiError(422, "unknown_field", f"unknown form field {name!r}; accepted: {accepted}")
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         chunk = data[start:end]
@@ -114,9 +120,7 @@ class _Collector:
 
     def on_part_end(self) -> None:
         if self._file is not None and self._upload is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
+            self._file.close()  # fsynced later, in a thread, when the service adopts it
             self._file = None
             self._upload.sha256 = self._hash.hexdigest()
             return
@@ -160,6 +164,12 @@ async def read_form(request: Request, staging: Path, *, max_bytes: int, max_fiel
         collector.close()
         collector.form.discard()
         raise
+    except OSError as exc:
+        collector.close()
+        collector.form.discard()
+        if exc.errno in DISK_FULL:  # the server's disk, not the caller's body
+            raise storage_full() from exc
+        raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc}") from exc
     except Exception as exc:  # python-multipart's parse errors, a client that hung up
         collector.close()
         collector.form.discard()

@@ -1,4 +1,4 @@
-"""EagleEye's adaptive-BN evaluation (METHODS.md §3b): a cheap score of a candidate allocation.
+"""EagleEye's adaptive-BN evaluation (docs/methods.md#adaptive-bn): a cheap score of a candidate allocation.
 
 A candidate is cut from the trained model with inherited weights (best-scored channels kept, as
 :func:`autoprune.allocate.make_plan` does), its BatchNorm running statistics are re-estimated on
@@ -6,14 +6,14 @@ training batches, and its top-1 accuracy on a held-out part of the training spli
 EagleEye shows this score ranks candidates like their accuracy after fine-tuning does, while
 the stale statistics inherited from the unpruned model do not.
 
-Choices (METHODS.md §3b, [D] where marked):
+Choices (docs/methods.md#adaptive-bn):
 
 - The statistics are **reset** and re-estimated with ``momentum=None`` (a cumulative average
-  over the batches), as MetaPruning's code does and METHODS.md recommends [D]; EagleEye's code
+  over the batches), as MetaPruning's code does; EagleEye's code
   keeps momentum 0.1 without a reset, which weighs the last batches most and leaks the stale
   statistics into the estimate.
 - Only the BatchNorm layers run in train mode during calibration; the rest of the network
-  stays in eval mode [D], so dropout cannot bias the statistics toward training-time
+  stays in eval mode, so dropout cannot bias the statistics toward training-time
   activations (EagleEye and MetaPruning put the whole model in train mode; for networks
   without dropout the two are the same).
 - The score is measured on a fixed subset of the **training** split, never the test split:

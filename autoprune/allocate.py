@@ -10,17 +10,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoprune import catalog
 from autoprune.adaptive_bn import make_evaluator
+from autoprune.budget import Budget
 from autoprune.data import ImageData
-from autoprune.errors import BudgetError, SolverError, UnknownNameError
+from autoprune.errors import BudgetError, SolverError
 from autoprune.graph import PruneGraph
 from autoprune.importance import Batches, GroupScores
 from autoprune.importance.hsic import layer_importance
 from autoprune.measure import CostModel, count_cost
-from autoprune.types import Budget
-from solvers import ALLOCATORS, Allocation, AllocationProblem, Allocator, GroupSpec, InfeasibleBudget, get_allocator
+from solvers import Allocation, AllocationProblem, Allocator, GroupSpec, InfeasibleBudget
 from solvers.base import snap_to_step
-from solvers.evolution import Evolution
 
 
 def group_specs(graph: PruneGraph, min_keep_fraction: float) -> tuple[GroupSpec, ...]:
@@ -38,13 +38,10 @@ def group_specs(graph: PruneGraph, min_keep_fraction: float) -> tuple[GroupSpec,
 
 def check_method(method: str | Allocator, budget: Budget) -> Allocator:
     """The allocator named ``method`` (or given), if it exists and takes this kind of budget."""
-    try:
-        allocator = get_allocator(method)
-    except KeyError as exc:
-        raise UnknownNameError(str(exc.args[0])) from None
-    kind = "latency_ms" if budget.measured else budget.kind  # a relative latency is priced in ms too
+    allocator = method if isinstance(method, Allocator) else catalog.allocator(method)()
+    kind = budget.rule.priced_as  # a relative latency is priced in ms too
     if kind not in allocator.budgets:
-        accepting = sorted(name for name, cls in ALLOCATORS.items() if kind in cls.budgets)
+        accepting = [name for name in catalog.allocator_names() if kind in catalog.allocator(name).budgets]
         raise BudgetError(
             f"method {method!r} does not take {budget.kind} budgets; methods that do: {', '.join(accepting)}"
         )
@@ -86,19 +83,19 @@ class ProblemInputs:
         )
 
     def cost_and_budget(self, budget: Budget) -> tuple[Callable[[Mapping[str, int]], float], float]:
-        if budget.kind == "latency_ms":
+        if budget.measured:
             if self.latency is None:
                 raise BudgetError("a latency budget needs a latency table, which was not built")
             return self.latency, budget.value
-        index = 0 if budget.kind == "flops" else 1
+        index = ("macs", "params").index(budget.rule.counted)  # CostModel.cost gives (MACs, params)
         return (lambda keep: self.cost_model.cost(keep)[index]), budget.value * self.reference[budget.kind]
 
     def optional(self, needs: frozenset[str], budget: Budget) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if "quadratic_cost" in needs:
-            if budget.kind == "latency_ms":
+            if budget.measured:
                 raise BudgetError("this method's program is written in MACs or params, not latency")
-            out["quadratic_cost"] = self.cost_model.quadratic("macs" if budget.kind == "flops" else "params")
+            out["quadratic_cost"] = self.cost_model.quadratic(budget.rule.counted)
         if "layer_importance" in needs:
             if self.batches is None:
                 raise BudgetError("this method needs calibration data for its layer importance")
@@ -152,7 +149,7 @@ def allocate(
         allocation = allocator.allocate(problem)
     except InfeasibleBudget as exc:
         floor = problem.cost_of_units({g.id: g.min_units for g in problem.groups})
-        scale = inputs.reference.get(budget.kind) if budget.kind != "latency_ms" else None
+        scale = inputs.reference.get(budget.kind) if not budget.measured else None
         reached = f"{floor / scale:.1%} of the {budget.kind}" if scale else f"{floor:.3g} {budget.kind}"
         raise BudgetError(
             f"{budget} cannot be met: the narrowest network allowed ({min_keep_fraction:.0%} of each "
@@ -179,7 +176,7 @@ def join_search(
     """Add trials to the stored evolution search that ``allocate(method, inputs, budget)`` leads in
     another process; ``inputs`` must be built the same way (same model, scores and study name)."""
     allocator = check_method(method, budget)
-    if not isinstance(allocator, Evolution) or inputs.storage is None or inputs.study_name is None:
+    if not allocator.joinable or inputs.storage is None or inputs.study_name is None:
         raise BudgetError("only an evolution search kept in a shared storage can be joined")
     problem = build_problem(allocator, inputs, budget)
     try:

@@ -10,7 +10,6 @@ from; a checkpoint written for another spec (its fingerprint differs) is ignored
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -22,18 +21,18 @@ from typing import Any
 
 import torch
 
-from autoprune.types import JobSpec
+from autoprune.spec import JobSpec
 
 log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1
 FILE_NAME = "checkpoint.pt"
 # What may differ between attempts of one job without changing the result.
-_PER_ATTEMPT = ("out_dir", "search_storage", "search_key", "data_label", "device")  # the same run, wherever it runs
+_PER_ATTEMPT = frozenset({"out_dir", "device"})  # the same run, wherever it runs
 
 
 def fingerprint(spec: JobSpec) -> str:
     """A hash of everything in ``spec`` that decides the result."""
-    fields = {k: v for k, v in dataclasses.asdict(spec).items() if k not in _PER_ATTEMPT}
+    fields = spec.model_dump(mode="json", exclude=_PER_ATTEMPT)
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -8,46 +8,14 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autoprune.errors import AutopruneError
-from autoprune.types import DEFAULT_METHOD, Budget, FinetuneConfig, JobSpec, resolve_method
+from autoprune.spec import DEFAULT_METHOD, Budget, FinetuneConfig, resolve_method
+from autoprune.spec_cli import add_spec_flags, spec_from_args
 
-
-def _finetune_flags(parser: argparse.ArgumentParser, epochs: int) -> None:
-    group = parser.add_argument_group("fine-tuning")
-    group.add_argument("--finetune-epochs", type=int, default=epochs, help=f"epochs of fine-tuning (default {epochs})")
-    group.add_argument("--lr", type=float, default=0.01, help="peak learning rate of the cosine schedule (default 0.01)")
-    group.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
-    group.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd", help="sgd (momentum 0.9) or adamw")
-    group.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default 5e-4)")
-    group.add_argument(
-        "--no-distill", action="store_true", help="train on labels only, without distillation from the unpruned model"
-    )
-    group.add_argument("--distill-weight", type=float, default=0.7, help="weight of the distillation loss (default 0.7)")
-    group.add_argument("--temperature", type=float, default=4.0, help="distillation temperature (default 4)")
-    group.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing of the CE loss (default 0)")
-    group.add_argument("--no-augment", action="store_true", help="no random crop/flip during fine-tuning")
-    group.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap the batches per epoch (quick runs)")
-
-
-def _finetune_config(args: argparse.Namespace) -> FinetuneConfig:
-    try:
-        return FinetuneConfig(
-            epochs=args.finetune_epochs,
-            lr=args.lr,
-            batch_size=args.batch_size,
-            optimizer=args.optimizer,
-            weight_decay=args.weight_decay,
-            distill=not args.no_distill,
-            distill_weight=args.distill_weight,
-            temperature=args.temperature,
-            label_smoothing=args.label_smoothing,
-            augment=not args.no_augment,
-            max_steps_per_epoch=args.max_steps_per_epoch,
-        )
-    except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from None
+if TYPE_CHECKING:
+    from autoprune.report.schema import Report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,44 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log warnings and debug details")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    prune = sub.add_parser("prune", help="prune, fine-tune and export a model", description="Prune a trained model to a budget.")
-    prune.add_argument("--arch", required=True, help="architecture name: resnet20/32/56/110, cifar_vgg16_bn, any torchvision model, timm:NAME")
-    prune.add_argument("--weights", help="trained weights: .safetensors or a weights-only .pt/.pth state dict")
-    prune.add_argument("--data", required=True, help="digits | npz:DIR | folder:DIR | an archive (.zip/.tar/.tar.gz) of either")
-    prune.add_argument(
-        "--budget", required=True,
-        help="flops=0.5 (keep at most 50%% of MACs) | params=0.6 | latency=0.7 (of the unpruned model's "
-        "latency, timed by the job) | latency_ms=4.0 (absolute); latency in --runtime at --latency-batch",
+    prune = sub.add_parser(
+        "prune", help="prune, fine-tune and export a model", description="Prune a trained model to a budget."
     )
-    prune.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch", help="where a latency budget is measured (default torch)")
-    prune.add_argument("--latency-batch", type=int, default=1, help="batch size at which latency is measured (default 1)")
-    prune.add_argument(
-        "--method", default=DEFAULT_METHOD,
-        help=f"allocator: uniform | global | nap | itpruner | evolution | halp, or {DEFAULT_METHOD} (the default: "
-        "global for flops/params budgets, halp for latency budgets, as the benchmark supports); "
-        "latency budgets: halp or evolution",
-    )
-    prune.add_argument(
-        "--criterion",
-        help="channel importance: l1 | taylor | bn_scale | chip | attribution | taylor_guided | kfac "
-        "(default per method: global taylor, uniform l1, nap kfac, itpruner l1, evolution l1, halp taylor)",
-    )
-    prune.add_argument("--schedule", choices=["oneshot", "iterative"], default="oneshot", help="prune once, or in steps with fine-tuning between them")
-    prune.add_argument("--steps", type=int, default=3, help="steps of the iterative schedule (default 3)")
-    prune.add_argument("--calibration-batches", type=int, default=8, help="batches of 64 that data-driven criteria score on and BatchNorm statistics are re-estimated on (default 8)")
-    prune.add_argument(
-        "--no-obs-compensation", action="store_true",
-        help="with the kfac criterion, skip NAP's OBS update of the kept weights",
-    )
-    prune.add_argument("--search-trials", type=int, help="evolution: candidates the search evaluates (default 60)")
-    prune.add_argument("--channel-step", type=int, default=1, help="keep widths in multiples of this, e.g. 8 for onnxruntime (default 1)")
-    prune.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    prune.add_argument("--device", default="auto", help="where scoring, search and fine-tuning run: auto, cpu, cuda[:N] (default auto)")
-    prune.add_argument("--latency-repeats", type=int, default=30, help="timed runs per latency measurement (default 30)")
-    prune.add_argument("--no-onnx", action="store_true", help="skip the ONNX export and its onnxruntime check")
-    prune.add_argument("--no-pt2", action="store_true", help="skip the torch.export (.pt2) export")
-    prune.add_argument("--out", required=True, help="output directory")
-    _finetune_flags(prune, epochs=5)
+    add_spec_flags(prune)
     prune.set_defaults(func=cmd_prune)
 
     train = sub.add_parser("train", help="train an architecture from scratch (baselines, demos)")
@@ -118,14 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _service_commands(sub: Any) -> None:
-    """serve | worker | token | submit: the job service; api.cli imports its dependencies only when run."""
-    from api.cli import add_commands
+    """Subcommands plugged in by other packages: each entry point of the group ``autoprune.commands``
+    is called with the subparsers. The job service's ``serve | worker | token | submit`` come this
+    way (``api.cli:add_commands``, declared in pyproject.toml), so the library never imports api."""
+    from importlib.metadata import entry_points
 
-    add_commands(sub)
+    for entry in sorted(entry_points(group="autoprune.commands"), key=lambda e: e.name):
+        entry.load()(sub)
 
 
 def _metrics_text(metrics: dict[str, Any]) -> str:
-    text = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items() if not isinstance(v, (list, dict)))
+    text = " ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in metrics.items()
+        if not isinstance(v, (list, dict))
+    )
     return text[:60]
 
 
@@ -136,8 +77,12 @@ class StageBars:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(
-            TextColumn("{task.description:<11}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), transient=False,
+            TextColumn("{task.description:<11}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>5.1f}%"),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            transient=False,
         )
         self.tasks: dict[str, Any] = {}
 
@@ -184,7 +129,10 @@ class StageLines:
             return
         self.quarters[stage] = quarter
         stamp = time.strftime("%H:%M:%S")
-        print(f"[{stamp}] {stage:<11} {100 * min(max(fraction, 0.0), 1.0):5.1f}% {_metrics_text(metrics)}".rstrip(), flush=True)
+        print(
+            f"[{stamp}] {stage:<11} {100 * min(max(fraction, 0.0), 1.0):5.1f}% {_metrics_text(metrics)}".rstrip(),
+            flush=True,
+        )
 
 
 def stage_progress() -> StageBars | StageLines:
@@ -192,65 +140,45 @@ def stage_progress() -> StageBars | StageLines:
     return StageBars() if sys.stdout.isatty() else StageLines()
 
 
-def print_summary(report: dict[str, Any], out: str) -> None:
+def print_summary(report: Report, out: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{report['arch']} · {report['method']}/{report['criterion']} · {Budget.from_dict(report['budget'])}")
+    r = report
+    table = Table(title=f"{r.arch} · {r.method}/{r.criterion} · {Budget.from_dict(r.budget)}")
     for col in ("", "before", "after", "ratio"):
         table.add_column(col, justify="right")
 
     def row(name: str, a: float, b: float, fmt: str) -> None:
         table.add_row(name, format(a, fmt), format(b, fmt), f"{b / a:.3f}" if a else "-")
 
-    row("MACs (M)", report["macs_before"] / 1e6, report["macs_after"] / 1e6, ".2f")
-    row("params (M)", report["params_before"] / 1e6, report["params_after"] / 1e6, ".3f")
-    row("latency torch (ms)", report["latency_ms_before"], report["latency_ms_after"], ".2f")
-    ort = report["latency"]
-    if "onnxruntime" in ort["after"]:
-        row("latency onnxruntime (ms)", ort["before"]["onnxruntime"], ort["after"]["onnxruntime"], ".2f")
-    table.add_row("top-1 (%)", f"{100 * report['accuracy_before']:.2f}", f"{100 * report['accuracy_after']:.2f}", f"pruned, BN re-estimated: {100 * report['accuracy_pruned']:.2f}")
+    row("MACs (M)", r.macs_before / 1e6, r.macs_after / 1e6, ".2f")
+    row("params (M)", r.params_before / 1e6, r.params_after / 1e6, ".3f")
+    row("latency torch (ms)", r.latency_ms_before, r.latency_ms_after, ".2f")
+    if "onnxruntime" in r.latency.after:
+        row("latency onnxruntime (ms)", r.latency.before["onnxruntime"], r.latency.after["onnxruntime"], ".2f")
+    pruned = f"pruned, BN re-estimated: {100 * r.accuracy_pruned:.2f}"
+    table.add_row("top-1 (%)", f"{100 * r.accuracy_before:.2f}", f"{100 * r.accuracy_after:.2f}", pruned)
+    for runtime, paired in r.latency.paired.items():
+        speedup = f"{paired['speedup']:.2f}x faster (paired, {int(paired['rounds'])} rounds)"
+        table.add_row(f"latency {runtime}, paired", "", "", speedup)
     console = Console()
     console.print(table)
-    console.print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in report["timings"].items()))
-    onnx = f", model.onnx (onnxruntime max abs diff {report['onnx_max_abs_diff']:.2g})" if report["onnx_max_abs_diff"] is not None else ""
+    for warning in r.warnings:
+        console.print(f"[bold yellow]warning:[/] {warning}")
+    console.print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in r.timings.items()))
+    diff = r.onnx_max_abs_diff
+    onnx = f", model.onnx (onnxruntime max abs diff {diff:.2g})" if diff is not None else ""
     console.print(f"wrote {out}/: report.html (open it in a browser), report.json, model.safetensors, spec.json{onnx}")
-
-
-def _budget(args: argparse.Namespace) -> Budget:
-    budget = Budget.parse(args.budget)
-    if budget.measured:
-        return budget.evolve(runtime=args.runtime, batch_size=args.latency_batch)
-    return budget
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from autoprune import pipeline
 
-    spec = JobSpec(
-        arch=args.arch,
-        weights=args.weights,
-        data=args.data,
-        budget=_budget(args),
-        method=args.method,
-        criterion=args.criterion,
-        schedule=args.schedule,
-        iterative_steps=args.steps,
-        calibration_batches=args.calibration_batches,
-        obs_compensation=not args.no_obs_compensation,
-        finetune=_finetune_config(args),
-        search_trials=args.search_trials,
-        channel_step=args.channel_step,
-        seed=args.seed,
-        device=args.device,
-        latency_repeats=args.latency_repeats,
-        export_onnx=not args.no_onnx,
-        export_pt2=not args.no_pt2,
-        out_dir=args.out,
-    )
+    spec = spec_from_args(args)
     with stage_progress() as bars:
         report = pipeline.run(spec, progress=bars)
-    print_summary(report, args.out)
+    print_summary(report, spec.out_dir)
     return 0
 
 
@@ -259,7 +187,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = FinetuneConfig(lr=args.lr, batch_size=args.batch_size, distill=False)
     with stage_progress() as bars:
-        result = pipeline.train_baseline(args.arch, args.data, args.out, epochs=args.epochs, cfg=cfg, seed=args.seed, progress=bars)
+        result = pipeline.train_baseline(
+            args.arch, args.data, args.out, epochs=args.epochs, cfg=cfg, seed=args.seed, progress=bars
+        )
     print(f"top-1 {100 * result['accuracy']:.2f}% after {args.epochs} epochs; weights in {args.out}")
     return 0
 
@@ -268,11 +198,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     weights = out / "baseline.safetensors"
     print("1/2 training a CIFAR ResNet-20 on scikit-learn's digits (upsampled to 32x32 RGB)")
-    train_args = ["train", "--arch", "resnet20", "--data", "digits", "--epochs", str(args.train_epochs), "--out", str(weights)]
+    train_args = [
+        "train",
+        "--arch",
+        "resnet20",
+        "--data",
+        "digits",
+        "--epochs",
+        str(args.train_epochs),
+        "--out",
+        str(weights),
+    ]
     prune_args = [
-        "prune", "--arch", "resnet20", "--weights", str(weights), "--data", "digits", "--budget", "flops=0.5",
-        "--method", DEFAULT_METHOD, "--finetune-epochs", str(args.finetune_epochs), "--out", str(out),
-        "--channel-step", "8",  # widths onnxruntime's fast kernels take: faster after pruning, not slower
+        "prune",
+        "--arch",
+        "resnet20",
+        "--weights",
+        str(weights),
+        "--data",
+        "digits",
+        "--budget",
+        "flops=0.5",
+        "--method",
+        DEFAULT_METHOD,
+        "--finetune-epochs",
+        str(args.finetune_epochs),
+        "--out",
+        str(out),
+        "--channel-step",
+        "8",  # widths onnxruntime's fast kernels take: faster after pruning, not slower
     ]
     if main(train_args) != 0:
         return 1
@@ -284,7 +238,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.func(args))
     except AutopruneError as exc:

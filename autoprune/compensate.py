@@ -24,7 +24,7 @@ def compensated_cut(
     """Cut ``plan`` from a copy of ``model`` after the OBS update of its remaining weights.
 
     The update changes conv/linear weights, so batch-norm statistics need re-estimating
-    afterwards (METHODS.md §1.4); the pipeline does that after every cut
+    afterwards (docs/methods.md#obs-compensation); the pipeline does that after every cut
     (:func:`autoprune.prune_step.reestimate_bn`). ``model`` itself is untouched. All of it runs on
     the model's device (the pruned copy is left there), wherever the factors and the example are.
     """

@@ -1,17 +1,14 @@
 """One cut of the pipeline: score the channels, allocate the budget, cut, check the measured cost.
 
-``prune_once`` is the step ``autoprune.pipeline.run`` repeats (once, or per iterative step);
-``score_model`` and ``study_name`` are shared with the search helpers (``pipeline.help_search``).
+``prune_once`` is the step the prune stage repeats (once, or per iterative step); ``score_model``
+and ``study_name`` are shared with the search helpers (``pipeline.help_search``).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
-import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,50 +16,28 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoprune import catalog
 from autoprune.adaptive_bn import batch_norms, recalibrate
 from autoprune.allocate import ProblemInputs, allocate
+from autoprune.budget import Budget
 from autoprune.checkpoint import fingerprint
 from autoprune.compensate import compensated_cut
+from autoprune.context import RunContext
 from autoprune.data import ImageData, iterate_batches
 from autoprune.device import on_device
-from autoprune.errors import CancelledError, SurgeryError
+from autoprune.errors import SurgeryError
 from autoprune.export import export_onnx
 from autoprune.graph import PruneGraph, build_graph
 from autoprune.importance import Batches, GroupScores, get_criterion
-from autoprune.importance.kfac import KFAC, saliencies
 from autoprune.measure import count_cost, onnx_latency_ms, torch_latency_ms
 from autoprune.measure.latency_table import LatencyTable
+from autoprune.spec import JobSpec, allocator_options
 from autoprune.surgery import PruningPlan, apply_plan, make_plan
-from autoprune.types import Budget, JobSpec
-from solvers import Allocator
-from solvers.evolution import Evolution
-from solvers.knapsack import HALP
+from solvers import Allocator, AllocatorContext
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, float, dict[str, Any]], None]
-
 ATTEMPTS = 4  # allocate-cut-measure rounds before a step gives up on its budget
-DEFAULT_CRITERION = {"uniform": "l1", "global": "taylor", "nap": "kfac", "itpruner": "l1", "evolution": "l1", "halp": "taylor"}
-
-
-def no_progress(stage: str, fraction: float, metrics: dict[str, Any]) -> None:
-    return None
-
-
-class Timer:
-    """Wall seconds per stage, summed over iterative steps."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
 
 
 def calibration(data: ImageData, batches: int, seed: int) -> Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
@@ -79,21 +54,15 @@ def reestimate_bn(model: nn.Module, batches: Batches, device: torch.device) -> N
     """Re-estimate ``model``'s BatchNorm statistics on ``batches`` (EagleEye's adaptive BN, §3b).
 
     A cut leaves each BN with the statistics of the unpruned layer below it, often off by orders
-    of magnitude once that layer lost inputs; a short fine-tune's momentum-0.1 average keeps part
-    of them (on digits, 23 steps left 9%: 15% top-1, 72% after re-estimation with the same
-    weights). So the pipeline re-estimates after each cut and after fine-tuning, as a cumulative
-    average over the calibration batches ("precise BN"). Weights are not touched.
+    of magnitude once that layer lost inputs, and a short fine-tune's momentum-0.1 average keeps
+    part of them (docs/methods.md#adaptive-bn). So the pipeline re-estimates after each cut and
+    after fine-tuning, as a cumulative average over the calibration batches ("precise BN").
+    Weights are not touched.
     """
     if not batch_norms(model):  # e.g. an ONNX graph, whose BN onnx2torch folded away
         return
     with on_device(model, device):
         recalibrate(model, batches())
-
-
-def criterion_of(spec: JobSpec) -> str:
-    return spec.criterion or DEFAULT_CRITERION.get(spec.method, "l1")
-
-
 
 
 def model_latency_ms(model: nn.Module, input_shape: tuple[int, ...], budget: Budget, repeats: int) -> float:
@@ -107,24 +76,22 @@ def model_latency_ms(model: nn.Module, input_shape: tuple[int, ...], budget: Bud
         return onnx_latency_ms(path, input_shape, **timing)
 
 
-def achieved(model: nn.Module, example: torch.Tensor, budget: Budget, reference: dict[str, float], repeats: int) -> float:
+def achieved(
+    model: nn.Module, example: torch.Tensor, budget: Budget, reference: dict[str, float], repeats: int
+) -> float:
     """What the budget measures on ``model``: a fraction of the original, or milliseconds."""
-    if budget.kind == "latency_ms":
+    if budget.measured:
         return model_latency_ms(model, tuple(example.shape[1:]), budget, repeats)
     measured = count_cost(model, example)
-    return (measured.macs if budget.kind == "flops" else measured.params) / reference[budget.kind]
+    return float(getattr(measured, budget.rule.counted)) / reference[budget.kind]
 
 
-def allocator_for(spec: JobSpec, budget: Budget) -> str | Allocator:
-    """The spec's allocator with its options. HALP takes the channel step into its knapsack (the
-    others are snapped afterwards); on onnxruntime latency it keeps multiples of 8, as the LUT is built."""
-    if spec.method == "halp" and budget.kind == "latency_ms" and budget.runtime == "onnxruntime":
-        return HALP(channel_step=math.lcm(spec.channel_step, 8))
-    if spec.method == "halp" and spec.channel_step > 1:
-        return HALP(channel_step=spec.channel_step)
-    if spec.method == "evolution" and spec.search_trials is not None:
-        return Evolution(trials=spec.search_trials)
-    return spec.method
+def allocator_for(spec: JobSpec, budget: Budget, channel_step: int | None = None) -> Allocator:
+    """The spec's allocator, configured with its options and the job's context."""
+    context = AllocatorContext(
+        channel_step=channel_step or spec.channel_step, latency_runtime=budget.runtime if budget.measured else None
+    )
+    return catalog.allocator(spec.method).configure(allocator_options(spec), context)
 
 
 @dataclass
@@ -133,115 +100,88 @@ class Scored:
 
     graph: PruneGraph
     scores: GroupScores
-    factors: Any  # K-FAC factors kept for NAP's OBS compensation, else None
+    factors: Any  # curvature factors kept for NAP's OBS compensation, else None
     batches: Batches
     inputs: ProblemInputs
 
 
-def score_model(
-    model: nn.Module,
-    data: ImageData,
-    spec: JobSpec,
-    reference: dict[str, float],
-    timer: Timer,
-    progress: Progress,
-    device: torch.device,
-) -> Scored:
-    """Score ``model``'s channels with the spec's criterion on ``device``; deterministic given the spec."""
-    example = torch.zeros(1, *data.input_shape)
-    criterion_name = criterion_of(spec)
+def score_model(ctx: RunContext) -> Scored:
+    """Score ``ctx.model``'s channels with the spec's criterion on ``ctx.device``; deterministic given the spec."""
+    spec, model, data = ctx.spec, ctx.model, ctx.data
+    assert data is not None
     batches = calibration(data, spec.calibration_batches, spec.seed)
-    with timer("importance"):
-        progress("importance", 0.0, {"criterion": criterion_name})
-        graph = build_graph(model, example)
-        criterion = get_criterion(criterion_name)
+    with ctx.timer("importance"):
+        ctx.progress("importance", 0.0, {"criterion": spec.criterion_name})
+        graph = build_graph(model, ctx.example)
+        criterion = get_criterion(spec.criterion_name)
         factors = None
-        with on_device(model, device):
-            if spec.obs_compensation and isinstance(criterion, KFAC):
-                factors = criterion.factors(graph, batches)  # kept for the compensation below
-                scores = saliencies(graph, factors)
+        with on_device(model, ctx.device):
+            if spec.obs_compensation and criterion.provides_curvature:
+                scores, factors = criterion.score_with_curvature(graph, batches)  # factors: for the cut's compensation
             else:
                 scores = criterion.score(graph, batches if criterion.needs_data else None)
-        progress("importance", 1.0, {"groups": len(graph.groups), "skipped": list(graph.skipped)})
+        ctx.progress("importance", 1.0, {"groups": len(graph.groups), "skipped": list(graph.skipped)})
     inputs = ProblemInputs.measure(
-        model, graph, scores, example, reference=reference, data=data, batches=batches,
-        calibration_batches=spec.calibration_batches, seed=spec.seed, storage=spec.search_storage,
+        model, graph, scores, ctx.example, reference=ctx.state.reference, data=data, batches=batches,
+        calibration_batches=spec.calibration_batches, seed=spec.seed,
+        storage=ctx.search.url if ctx.search is not None else None,
     )  # fmt: skip
     return Scored(graph=graph, scores=scores, factors=factors, batches=batches, inputs=inputs)
 
 
-def study_name(spec: JobSpec, target: Budget) -> str:
+def study_name(ctx: RunContext, target: Budget) -> str:
     """A stored search resumes (or is joined) only for the same spec, key and target."""
-    key = f"-{spec.search_key}" if spec.search_key else ""
-    return f"autoprune-{fingerprint(spec)[:24]}{key}-{target.kind}-{target.value:.9g}"
+    key = f"-{ctx.search.key}" if ctx.search is not None and ctx.search.key else ""
+    return f"autoprune-{fingerprint(ctx.spec)[:24]}{key}-{target.kind}-{target.value:.9g}"
 
 
 def prune_once(
-    model: nn.Module,
-    data: ImageData,
-    spec: JobSpec,
-    budget: Budget,
-    reference: dict[str, float],
-    timer: Timer,
-    progress: Progress,
-    device: torch.device,
-    should_stop: Callable[[], bool] | None = None,
+    ctx: RunContext, budget: Budget, channel_step: int | None = None
 ) -> tuple[nn.Module, PruningPlan, dict[str, Any]]:
-    """Score, allocate and cut one step; the result meets ``budget`` on the measured model.
+    """Score, allocate and cut ``ctx.model`` once; the result meets ``budget`` on the measured model.
 
-    Scoring, the search's evaluations and NAP's compensation run on ``device``; tracing, cost
+    Kept widths are multiples of ``channel_step`` (default: the spec's).
+
+    Scoring, the search's evaluations and NAP's compensation run on ``ctx.device``; tracing, cost
     counting, latency tables and the cut itself on the CPU, where the model is kept.
     """
-    example = torch.zeros(1, *data.input_shape)
-    scored = score_model(model, data, spec, reference, timer, progress, device)
-    graph, scores, factors, batches, inputs = scored.graph, scored.scores, scored.factors, scored.batches, scored.inputs
+    scored = score_model(ctx)
+    inputs, reference = scored.inputs, ctx.state.reference
+    step = channel_step or ctx.spec.channel_step
 
     def on_trial(fraction: float) -> None:  # a long search reports after each trial: a cancel stops it there
-        if should_stop is not None and should_stop():
-            raise CancelledError("the job was cancelled")
-        progress("allocation", fraction, {})
+        ctx.check_cancel()
+        ctx.progress("allocation", fraction, {})
 
     inputs.report = on_trial
-    if budget.kind == "latency_ms":
-        with timer("latency_table"):
-            progress("latency_table", 0.0, {"runtime": budget.runtime})
-            # onnxruntime's fast conv kernels want channel counts in multiples of 8 (HALP's grouping)
-            step = 8 if budget.runtime == "onnxruntime" else 1
-            table = LatencyTable.build(
-                model, graph, example, runtime=budget.runtime, batch_size=budget.batch_size, channel_step=step
-            )
-            inputs.latency = table.latency
-            progress("latency_table", 1.0, {"layers": len(table.layers)})
+    if budget.measured:
+        inputs.latency = _latency_table(ctx, scored.graph, budget).latency
     cost, _ = inputs.cost_and_budget(budget)
-    scale = 1.0 if budget.kind == "latency_ms" else reference[budget.kind]  # allocation costs -> budget units
+    scale = 1.0 if budget.measured else reference[budget.kind]  # allocation costs -> budget units
     unpruned = cost({}) / scale  # predicted = measured here: exact counts, or the table's calibration point
     target = budget
     for attempt in range(ATTEMPTS):
-        with timer("allocation"):
-            progress("allocation", 0.0, {"method": spec.method, "attempt": attempt + 1})
-            inputs.study_name = study_name(spec, target)
-            with on_device(model, device):
-                allocation = allocate(allocator_for(spec, budget), inputs, target, channel_step=spec.channel_step)
-            plan = make_plan(graph, scores, allocation.keep)
-            progress("allocation", 1.0, {"predicted": allocation.cost})
-        with timer("surgery"):
-            if factors is not None:
-                with on_device(model, device):
-                    pruned = compensated_cut(model, graph, factors, plan, example).cpu()
-            else:
-                pruned = apply_plan(model, example, plan)
-            reestimate_bn(pruned, batches, device)
-            reached = achieved(pruned, example, budget, reference, spec.latency_repeats)
-            progress("surgery", 1.0, {budget.kind: reached})
+        with ctx.timer("allocation"):
+            ctx.progress("allocation", 0.0, {"method": ctx.spec.method, "attempt": attempt + 1})
+            inputs.study_name = study_name(ctx, target)
+            with on_device(ctx.model, ctx.device):
+                allocation = allocate(allocator_for(ctx.spec, budget, step), inputs, target, channel_step=step)
+            plan = make_plan(scored.graph, scored.scores, allocation.keep)
+            ctx.progress("allocation", 1.0, {"predicted": allocation.cost})
+        with ctx.timer("surgery"):
+            pruned = _cut(ctx, scored, plan)
+            reached = achieved(pruned, ctx.example, budget, reference, ctx.spec.latency_repeats)
+            ctx.progress("surgery", 1.0, {budget.kind: reached})
         if reached <= budget.value * (1 + 1e-12):
             diagnostics = {
-                "criterion": criterion_of(spec),
-                "skipped_layers": list(graph.skipped),
+                "criterion": ctx.spec.criterion_name,
+                "skipped_layers": list(scored.graph.skipped),
                 "target": target.value,
                 "predicted": allocation.cost,
                 "achieved": reached,
                 "attempts": attempt + 1,
-                "obs_compensation": factors is not None,
+                "obs_compensation": scored.factors is not None,
+                "channel_step": step,
                 **dict(allocation.diagnostics),
             }
             return pruned, plan, diagnostics
@@ -249,6 +189,29 @@ def prune_once(
         value = next_target(budget.value, target.value, unpruned, allocation.cost / scale, reached)
         target = target.evolve(value=value)
     raise SurgeryError(f"could not meet {budget} after {ATTEMPTS} attempts (last: {reached:.4g})")
+
+
+def _latency_table(ctx: RunContext, graph: PruneGraph, budget: Budget) -> LatencyTable:
+    with ctx.timer("latency_table"):
+        ctx.progress("latency_table", 0.0, {"runtime": budget.runtime})
+        # onnxruntime's fast conv kernels want channel counts in multiples of 8 (HALP's grouping)
+        step = 8 if budget.runtime == "onnxruntime" else 1
+        table = LatencyTable.build(
+            ctx.model, graph, ctx.example, runtime=budget.runtime, batch_size=budget.batch_size, channel_step=step
+        )
+        ctx.progress("latency_table", 1.0, {"layers": len(table.layers)})
+    return table
+
+
+def _cut(ctx: RunContext, scored: Scored, plan: PruningPlan) -> nn.Module:
+    """The pruned copy of ``ctx.model`` (OBS-compensated when the criterion gave curvature), BN re-estimated."""
+    if scored.factors is not None:
+        with on_device(ctx.model, ctx.device):
+            pruned = compensated_cut(ctx.model, scored.graph, scored.factors, plan, ctx.example).cpu()
+    else:
+        pruned = apply_plan(ctx.model, ctx.example, plan)
+    reestimate_bn(pruned, scored.batches, ctx.device)
+    return pruned
 
 
 def next_target(goal: float, target: float, unpruned: float, predicted: float, reached: float) -> float:
@@ -266,5 +229,3 @@ def next_target(goal: float, target: float, unpruned: float, predicted: float, r
     else:  # no slope to go by: proportional
         value = target * aim / reached
     return min(max(value, target / 2), target * 0.99)
-
-

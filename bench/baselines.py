@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import load_average, read_json
-from settings import BASELINE_SEED, LATENCY_BATCHES, Settings, baseline_config, baseline_recipe_text
 from torch import nn
 
 from autoprune.data import ImageData, load_data
@@ -27,6 +25,8 @@ from autoprune.export import ModelSpec, export_onnx, load_pruned, read_spec, sav
 from autoprune.finetune import evaluate, finetune
 from autoprune.measure import onnx_latency_ms, torch_latency_ms
 from autoprune.models import create_model, load_weights
+from bench.common import load_average, read_json
+from bench.settings import BASELINE_SEED, LATENCY_BATCHES, Settings, baseline_config, baseline_recipe_text
 
 DEVICE = resolve_device("auto")  # training and evaluation: a CUDA GPU when there is one (--full)
 
@@ -87,6 +87,7 @@ def train_baseline(settings: Settings, arch: str) -> tuple[Path, dict[str, Any]]
         "config": cfg.to_dict(),
         "data": settings.data_ref,
         "threads": torch.get_num_threads(),
+        "code_version": settings.code_version,  # of the training; runs key on the weights' hash, not on this
     }
     meta_path.write_text(json.dumps(meta, indent=2))
     state_path.unlink(missing_ok=True)
@@ -101,7 +102,10 @@ def load_baseline(arch: str, weights: Path, data: ImageData) -> nn.Module:
 
 
 def baseline_bundle(settings: Settings, arch: str, weights: Path, data: ImageData) -> Path:
-    """The unpruned model exported like a run (weights, ONNX, spec.json), so it is timed the same way."""
+    """The unpruned model exported like a run (weights, ONNX, spec.json), so it is timed the same way.
+
+    It lives with the runs of this code version (``settings.runs``): exported and timed by the same code as they are.
+    """
     out = settings.runs / f"{arch}-baseline"
     if not (out / "spec.json").exists():  # written last
         out.mkdir(parents=True, exist_ok=True)
@@ -143,7 +147,9 @@ def measure_latencies_interleaved(bundles: list[Path], threads: int, repeats: in
     specs = [read_spec(b / "spec.json") for b in bundles]
     models = [load_pruned(spec, b / "model.safetensors").eval() for spec, b in zip(specs, bundles, strict=True)]
     sessions = [onnx_session(b / "model.onnx", threads, spin=False) for b in bundles]
-    results: list[dict[str, Any]] = [{"threads": threads, "repeats": repeats, "torch": {}, "onnxruntime": {}} for _ in bundles]
+    results: list[dict[str, Any]] = [
+        {"threads": threads, "repeats": repeats, "torch": {}, "onnxruntime": {}} for _ in bundles
+    ]
     load_before = load_average()
     with torch_threads(threads), torch.inference_mode():
         for batch in LATENCY_BATCHES:
@@ -162,7 +168,7 @@ def measure_latencies_interleaved(bundles: list[Path], threads: int, repeats: in
                 times: list[list[float]] = [[] for _ in runs]
                 for round_ in range(repeats):
                     order = list(range(len(runs)))
-                    order = order[round_ % len(order):] + order[: round_ % len(order)]
+                    order = order[round_ % len(order) :] + order[: round_ % len(order)]
                     for i in order:
                         start = time.perf_counter()
                         runs[i]()
@@ -171,7 +177,12 @@ def measure_latencies_interleaved(bundles: list[Path], threads: int, repeats: in
                     result[runtime][str(batch)] = statistics.median(samples)
     load = max(load_before, load_average())
     for bundle, result in zip(bundles, results, strict=True):
-        result.update(load_average=load, interleaved=len(bundles), onnxruntime_spinning=False, date=time.strftime("%Y-%m-%d %H:%M"))
+        result.update(
+            load_average=load,
+            interleaved=len(bundles),
+            onnxruntime_spinning=False,
+            date=time.strftime("%Y-%m-%d %H:%M"),
+        )
         write_json(bundle / "latency.json", result)
 
 

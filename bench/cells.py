@@ -1,6 +1,8 @@
 """Runs grouped into cells (one method at one budget) and aggregated over seeds, for the tables and claims.
 
 Top-1 as mean ± half the range (min to max) with the number of seeds; costs, latencies and times as means.
+Rows of different code versions are never aggregated together: ``cells`` refuses them, and the
+tables split a results file by code version first (``by_code_version``).
 """
 
 from __future__ import annotations
@@ -35,8 +37,33 @@ def done(rows: Sequence[Row]) -> list[Row]:
     return [r for r in rows if "error" not in r]
 
 
+class MixedCodeVersions(ValueError):
+    """Rows made by different code were about to be aggregated together."""
+
+
+def by_code_version(suite: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The arch's results split into one results dict per code version, in first-seen order.
+
+    A row's code version is its own, else the file's (None: not recorded, as in the results
+    committed before the bench recorded code versions); each row carries it after the split.
+    """
+    parts: dict[str | None, list[Row]] = {}
+    for r in suite["runs"]:
+        version = r.get("code_version", suite.get("code_version"))
+        parts.setdefault(version, []).append({**r, "code_version": version})
+    if not parts:
+        parts[suite.get("code_version")] = []
+    return [{**suite, "code_version": version, "runs": rows} for version, rows in parts.items()]
+
+
 def cells(rows: Sequence[Row]) -> dict[tuple[str, str], list[Row]]:
-    """(label, name) → the finished rows of that cell (one per seed), in first-seen order."""
+    """(label, name) → the finished rows of that cell (one per seed), in first-seen order.
+
+    Raises ``MixedCodeVersions`` if the rows come from more than one code version.
+    """
+    versions = {r.get("code_version") for r in rows}
+    if len(versions) > 1:
+        raise MixedCodeVersions(f"rows of {len(versions)} code versions: {sorted(map(str, versions))}")
     out: dict[tuple[str, str], list[Row]] = {}
     for r in rows:
         out.setdefault((r["label"], r["name"]), [])

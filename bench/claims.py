@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cells import ARCH_TITLES, Row, cells, delta_text, mean, paired_deltas, pct, verdict
+from bench.cache import short
+from bench.cells import ARCH_TITLES, Row, cells, delta_text, mean, paired_deltas, pct, verdict
 
 L1_CRITERIA = ("l1", "magnitude")  # the L1 criterion, ours and Torch-Pruning's
 
@@ -24,7 +25,9 @@ def taylor_vs_l1(rows: Sequence[Row]) -> list[str]:
         method, _, criterion = name.partition(":")
         if criterion != "taylor":
             continue
-        l1 = next((by_cell[(label, f"{method}:{c}")] for c in L1_CRITERIA if by_cell.get((label, f"{method}:{c}"))), None)
+        l1 = next(
+            (by_cell[(label, f"{method}:{c}")] for c in L1_CRITERIA if by_cell.get((label, f"{method}:{c}"))), None
+        )
         deltas = paired_deltas(by_cell[(label, name)], l1 or [])
         if deltas:
             lines.append(
@@ -116,16 +119,23 @@ def fidelity_markdown(result: Mapping[str, Any]) -> list[str]:
     for row in oracle["layers"]:
         lines.append(
             f"| {row['group']} | {row['channels']} | {row['sampled']} | {row['mean_abs_delta']:.4f} | "
-            + " | ".join(rho(row["rho"][n]) for n in names) + " |"
+            + " | ".join(rho(row["rho"][n]) for n in names)
+            + " |"
         )
     summary = oracle["summary"]
     lines += [
         "| **mean over layers** | | | | " + " | ".join(f"**{rho(summary[n]['mean_rho'])}**" for n in names) + " |",
-        "| pooled, L2-normalised | | | | " + " | ".join(rho(summary[n]["pooled_rho_l2_normalised"]) for n in names) + " |",
+        "| pooled, L2-normalised | | | | "
+        + " | ".join(rho(summary[n]["pooled_rho_l2_normalised"]) for n in names)
+        + " |",
         *(  # fidelity runs before 2026-12-01 did not compute it
-            ["| pooled, RMS-normalised (`global`) | | | | "
-             + " | ".join(rho(summary[n]["pooled_rho_rms_normalised"]) for n in names) + " |"]
-            if all("pooled_rho_rms_normalised" in summary[n] for n in names) else []
+            [
+                "| pooled, RMS-normalised (`global`) | | | | "
+                + " | ".join(rho(summary[n]["pooled_rho_rms_normalised"]) for n in names)
+                + " |"
+            ]
+            if all("pooled_rho_rms_normalised" in summary[n] for n in names)
+            else []
         ),
         "| mean ρ with signed ΔL | | | | " + " | ".join(rho(summary[n]["mean_rho_signed"]) for n in names) + " |",
         "| scoring s | | | | " + " | ".join(f"{summary[n]['seconds']:.1f}" for n in names) + " |",
@@ -163,6 +173,7 @@ def fidelity_markdown(result: Mapping[str, Any]) -> list[str]:
     lines += [
         "",
         f"Machine: {result['machine']}; {result['date']}; {result['seconds']:.0f} s in all "
-        f"(load average up to {result['load_average']:.1f}).",
+        f"(load average up to {result['load_average']:.1f}); code version "
+        f"{f'`{short(v)}`' if (v := result.get('code_version')) else 'not recorded'}.",
     ]
     return lines

@@ -1,6 +1,7 @@
 """Paths, the machine description and small helpers shared by the benchmark modules.
 
-bench/ is no package: its scripts import each other from sys.path[0] (the bench directory).
+Light to import (torch and onnxruntime are imported when a function needs them), so that the
+tables can be rendered, and tested, without them.
 """
 
 from __future__ import annotations
@@ -12,12 +13,10 @@ import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import onnxruntime
-import torch
-
-from autoprune import prune_step
+if TYPE_CHECKING:
+    from autoprune import prune_step
 
 ROOT = Path(__file__).resolve().parent
 CACHE = ROOT / ".cache"
@@ -27,17 +26,30 @@ CIFAR = ROOT.parent.parent / "shared" / "data" / "cifar10"
 
 def cpu_model() -> str:
     lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor())
+    return next(
+        (line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor()
+    )
 
 
 def machine() -> str:
+    import torch
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), {gpu}"
+    return (
+        f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), {gpu}"
+    )
 
 
 def versions() -> dict[str, str]:
+    import onnxruntime
+    import torch
+
     # torch_pruning.__version__ says 1.6.0 in the 1.6.1 wheel: the package metadata is right
-    return {"torch": torch.__version__, "torch_pruning": metadata.version("torch-pruning"), "onnxruntime": onnxruntime.__version__}
+    return {
+        "torch": torch.__version__,
+        "torch_pruning": metadata.version("torch-pruning"),
+        "onnxruntime": onnxruntime.__version__,
+    }
 
 
 def today() -> str:

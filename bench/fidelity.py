@@ -16,7 +16,7 @@
 Checks (c) allocators vs uniform and (d) attribution at high compression come from the suite's
 runs (tables.py). Writes ``results/fidelity-<arch>.{json,md}`` and rewrites ``results/RESULTS.md``.
 
-    .venv/bin/python bench/fidelity.py [--arch resnet20] [--channels-per-layer 16]
+    .venv/bin/python -m bench.fidelity [--arch resnet20] [--channels-per-layer 16]
 """
 
 from __future__ import annotations
@@ -31,11 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from baselines import load_baseline, train_baseline
-from common import load_average, machine, today, versions
 from scipy import stats
-from settings import Settings
-from tables import fidelity_markdown, write_results
 from torch import nn
 
 from autoprune.data import iterate_batches, load_data
@@ -44,6 +40,10 @@ from autoprune.graph import PruneGraph, build_graph
 from autoprune.importance import get_criterion
 from autoprune.importance.base import Batches, GroupScores, gradient_statistics, scatter_to_channels
 from autoprune.importance.taylor import feature_points, summed_cross_entropy
+from bench.baselines import load_baseline, train_baseline
+from bench.common import load_average, machine, today, versions
+from bench.settings import Settings
+from bench.tables import fidelity_markdown, write_results
 from solvers.global_rank import rms_normalised
 
 ORACLE_CRITERIA = ("taylor", "l1", "activation", "chip", "attribution", "kfac")
@@ -57,9 +57,7 @@ def mean_activation(graph: PruneGraph, batches: Batches) -> GroupScores:
     """Molchanov's activation baseline: mean of the rectified feature map, summed over coupled maps."""
     points = {g.id: feature_points(graph, g.id) for g in graph.groups}
     modules = set().union(*points.values())
-    sums = gradient_statistics(
-        graph.model, modules, batches, summed_cross_entropy, lambda a, g: a.clamp(min=0).mean(2)
-    )
+    sums = gradient_statistics(graph.model, modules, batches, summed_cross_entropy, lambda a, g: a.clamp(min=0).mean(2))
     return {
         gid: scatter_to_channels(graph, gid, lambda m, dim, mods=mods: sums.get(m) if m in mods else None)
         for gid, mods in points.items()
@@ -135,7 +133,12 @@ def oracle_check(graph: PruneGraph, batches: Batches, per_layer: int, seed: int)
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     sampled = {
-        g.id: sorted(int(i) for i in (range(g.channels) if g.channels <= per_layer else rng.choice(g.channels, per_layer, replace=False)))
+        g.id: sorted(
+            int(i)
+            for i in (
+                range(g.channels) if g.channels <= per_layer else rng.choice(g.channels, per_layer, replace=False)
+            )
+        )
         for g in graph.groups
     }
     fixed = list(batches())
@@ -230,7 +233,9 @@ def stability_check(graph: PruneGraph, data: Any, splits: int, per_split: int, s
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.fidelity", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--arch", default="resnet20")
     parser.add_argument("--oracle-batches", type=int, default=8, help="batches of 64 training images for (a)")
     parser.add_argument("--channels-per-layer", type=int, default=16, help="channels sampled per group for (a)")
@@ -250,11 +255,21 @@ def main(argv: list[str] | None = None) -> int:
     data = load_data(settings.data_ref)
     model = load_baseline(args.arch, weights, data)
     graph = build_graph(model, torch.zeros(1, *data.input_shape))
-    batches = list(iterate_batches(data, "train", 64, shuffle=True, generator=torch.Generator().manual_seed(args.seed), limit=args.oracle_batches))
+    batches = list(
+        iterate_batches(
+            data,
+            "train",
+            64,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(args.seed),
+            limit=args.oracle_batches,
+        )
+    )
     load_before = load_average()
     start = time.perf_counter()
     result = {
         "arch": args.arch,
+        "code_version": settings.code_version,
         "machine": machine(),
         "date": today(),
         "versions": versions(),

@@ -8,7 +8,14 @@ worker, then drives that GET with wrk: paced at --rate for --duration seconds, t
 --upload-mb npz data archive and of a valid VGG-16-BN safetensors (57 MiB) and cancels each job.
 Writes --out/load_api.{json,md} and stops everything it started, also on Ctrl-C.
 
-    .venv/bin/python bench/load_api.py [--duration 60] [--connections 8] [--rate 200] [--upload-mb 50]
+    .venv/bin/python -m bench.load_api [--duration 60] [--connections 8] [--rate 200] [--upload-mb 50]
+
+``--mode slow-validations`` (issue #20) measures the same paced status polling while the API is
+busy: two submissions whose checks are slow (a zip of --slow-images flat 4096x4096 PNGs, each
+under the pixel cap and ~0.3 s to decode) are kept in flight the whole time, resubmitted as they
+are answered, and one long job runs on the worker. Writes --out/load_api_slow.{json,md}.
+
+    .venv/bin/python -m bench.load_api --mode slow-validations [--duration 60] [--rate 200]
 
 Needs wrk (Debian/Ubuntu: apt-get install -y wrk).
 """
@@ -28,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from datetime import datetime, timezone
@@ -39,10 +47,9 @@ import httpx
 import numpy as np
 
 from api.settings import MiB, Settings
+from bench.harness import Service, stop_process, submit
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests" / "api"))  # the harness is a plain module, not a package
-from service_harness import Service, stop_process, submit  # noqa: E402
 
 # The harness lowers these for its hostile-input tests; the benchmark starts from the product defaults.
 API_LIMITS = ("MAX_UPLOAD_BYTES", "MAX_ARCHIVE_BYTES", "MAX_ARCHIVE_MEMBERS", "SUBMITS_PER_MINUTE",
@@ -358,8 +365,143 @@ def measure(svc: Service, args: argparse.Namespace) -> dict[str, Any]:
     return {"job": {"id": job_id, **job}, "runs": runs, "uploads": uploads}
 
 
+def make_slow_archive(path: Path, images: int) -> Path:
+    """An image-folder zip of ``images`` flat 4096x4096 PNGs (one encoding, many names): tiny to upload,
+    each under the pixel cap, and ~0.3 s of the validator's CPU to decode."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (4096, 4096), (90, 120, 150)).save(buffer, format="PNG")
+    png = buffer.getvalue()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for i in range(images):
+            split = "test" if i % 5 == 4 else "train"
+            archive.writestr(f"{split}/c{i % 2}/img{i:04d}.png", png)
+    return path
+
+
+class SlowSubmitter:
+    """Keeps one slow submission in flight (a thread), resubmitting as each is answered."""
+
+    def __init__(self, svc: Service, token: str, archive: Path) -> None:
+        self.svc, self.token, self.archive = svc, token, archive
+        self.stop = False
+        self.out_since: float | None = None  #: when the request now in flight was sent
+        self.answers: list[dict[str, Any]] = []
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        with httpx.Client(base_url=self.svc.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=600) as c:
+            while not self.stop:
+                self.out_since = start = time.monotonic()
+                with self.archive.open("rb") as handle:
+                    response = submit(c, files={"data": (self.archive.name, handle)}, dataset=None)
+                self.out_since = None
+                body = (
+                    response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+                )
+                self.answers.append({"start": start, "end": time.monotonic(), "status": response.status_code,
+                                     "error": body.get("error")})  # fmt: skip
+                if response.status_code == 201:
+                    c.delete(f"/jobs/{body['id']}")
+
+    def in_flight_share(self, start: float, end: float) -> float:
+        """The share of [start, end] during which this submitter had a request out."""
+        spans = [(a["start"], a["end"]) for a in self.answers]
+        if self.out_since is not None:
+            spans.append((self.out_since, end))
+        covered = sum(max(0.0, min(b, end) - max(a, start)) for a, b in spans)
+        return covered / (end - start)
+
+
+def _poll(svc: Service, token: str, job_id: str, args: argparse.Namespace, what: str) -> dict[str, Any]:
+    script = svc.root / "bench.lua"
+    script.write_text(WRK_SCRIPT)
+    print(f"wrk: GET /jobs/{job_id}, {args.duration} s, {args.connections} connections, {args.rate:g}/s, {what}")
+    run = run_wrk(svc, f"/jobs/{job_id}", token, args.duration, args.connections, args.rate, script)
+    print(f"    {run['requests_per_s']:.0f} req/s, p50 {_ms(run, 'p50')} ms, p99 {_ms(run, 'p99')} ms, "
+          f"errors {run['errors']}")  # fmt: skip
+    return run
+
+
+def measure_slow(svc: Service, args: argparse.Namespace) -> dict[str, Any]:
+    """Paced status polling, first with the API alone, then while two slow validations and one job
+    run (issue #20): the same machine at the same time, so the difference is what they cost."""
+    token = svc.token("bench")
+    with svc.client(token) as client:
+        print(f"API on {svc.url}; one tiny digits job first, for the status to poll")
+        job_id, job = finished_job(svc, client)
+        quiet = _poll(svc, token, job_id, args, "the API alone")
+        worker = svc.start_worker()
+        long_job = submit(client, finetune='{"epochs": 500, "max_steps_per_epoch": 100}').json()["id"]
+        svc.wait_status(long_job, {"running"}, timeout=300)
+        archive = make_slow_archive(svc.root / "slow-images.zip", args.slow_images)
+        slow = [SlowSubmitter(svc, svc.token(f"slow{i}"), archive) for i in range(2)]
+        for submitter in slow:
+            submitter.thread.start()
+        time.sleep(5)  # both checks under way
+        start = time.monotonic()
+        busy = _poll(svc, token, job_id, args, f"while two {args.slow_images}-image checks and a job run")
+        end = time.monotonic()
+        shares = [s_.in_flight_share(start, end) for s_ in slow]
+        running = client.get(f"/jobs/{long_job}").json()
+        for submitter in slow:
+            submitter.stop = True
+        client.delete(f"/jobs/{long_job}")
+        stop_process(worker)
+        for submitter in slow:
+            submitter.thread.join(300)
+    answers = [a for s_ in slow for a in s_.answers]
+    return {
+        "job": {"id": job_id, **job}, "runs": {"quiet": quiet, "busy": busy}, "slow_images": args.slow_images,
+        "archive_bytes": archive.stat().st_size, "validations_in_flight_share": shares,
+        "validations": [{"seconds": a["end"] - a["start"], "status": a["status"], "error": a["error"]} for a in answers],
+        "long_job": {"status": running.get("status"), "stage": running.get("stage"),
+                     "progress": running.get("progress")},
+    }  # fmt: skip
+
+
+def markdown_slow(result: dict[str, Any]) -> str:
+    m, rate = result["machine"], result["args"]["rate"]
+    done = result["validations"]
+    share = " and ".join(f"{100 * x:.0f}%" for x in result["validations_in_flight_share"])
+    busy = result["runs"]["busy"]
+    met = busy["latency_ms"]["p99"] < 50 and busy["error_count"] == 0
+    lines = [
+        f"Status polling under load, {result['date'][:10]} (issue #20): one uvicorn process, SQLite, wrk with one"
+        f" thread; {m['cpu']}, {m['cores']} cores shared with other work (1-min load {m['load_average_at_start'][0]:.1f}"
+        f" at the start, {result['load_average_at_end'][0]:.1f} at the end).",
+        "",
+        "| GET `/jobs/{id}`, paced | requests/s | p50 ms | p90 ms | p99 ms | max ms | errors | requests"
+        " | CPU API / wrk / rest |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, label in (("quiet", "the API alone"), ("busy", "two slow checks + a job running")):
+        run = result["runs"][name]
+        cpu = " / ".join(f"{run[k]:.0f}%" for k in ("api_cpu_percent", "wrk_cpu_percent", "others_cpu_percent"))
+        lines.append(
+            f"| {label}: {rate:g}/s, {run['connections']} conns, {run['seconds']} s | {run['requests_per_s']:.0f} | "
+            f"{_ms(run, 'p50')} | {_ms(run, 'p90')} | {_ms(run, 'p99')} | {_ms(run, 'max')} | {run['error_count']} | "
+            f"{run['requests']} | {cpu} |"
+        )
+    answered = ", ".join(sorted({f"{v['status']} {v['error'] or ''}".strip() for v in done})) or "none"
+    median = f"{statistics.median(v['seconds'] for v in done):.0f} s median" if done else "none within the run"
+    lines += [
+        "",
+        f"- Busy run: two submissions of a {result['archive_bytes'] / MiB:.1f} MiB zip of {result['slow_images']}"
+        f" 4096x4096 PNGs were in flight {share} of the time (resubmitted when answered; answers: {answered},"
+        f" {median}), and one job fine-tuned on the worker (at the end: {result['long_job']['status']},"
+        f" {result['long_job']['stage']}, progress {result['long_job']['progress']}).",
+        f"- Target (p99 < 50 ms, 0 errors while busy): {'met' if met else 'not met'} by this run.",
+        "- " + "; ".join(result["settings_notes"]) + ".",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.load_api", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=int, default=60, help="seconds of each GET /jobs/{id} run (paced, unpaced)")
     parser.add_argument("--connections", type=int, default=8, help="wrk connections")
     parser.add_argument("--rate", type=float, default=200.0, help="offered requests/s of the paced status run")
@@ -367,6 +509,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upload-mb", type=float, default=50.0, help="size of the data archive upload, MiB")
     parser.add_argument("--submissions", type=int, default=5, help="uploads of each kind")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="where load_api.{json,md} go")
+    parser.add_argument(
+        "--mode",
+        choices=("standard", "slow-validations"),
+        default="standard",
+        help="slow-validations: paced polling while two slow checks and a job run (issue #20)",
+    )
+    parser.add_argument("--slow-images", type=int, default=100, help="4096x4096 PNGs in each slow submission")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("wrk is not installed: `apt-get install -y wrk` (Debian/Ubuntu) or build it from "
@@ -383,14 +532,16 @@ def main(argv: list[str] | None = None) -> int:
         svc.env.update(env)
         print("\n".join(["settings:", *notes]))
         svc.start_api()
+        slow = args.mode == "slow-validations"
         result = {"date": date, "machine": host, "versions": versions(),
                   "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                  "settings": env, "settings_notes": notes, **measure(svc, args),
+                  "settings": env, "settings_notes": notes, **(measure_slow if slow else measure)(svc, args),
                   "load_average_at_end": os.getloadavg()}  # fmt: skip
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "load_api.json").write_text(json.dumps(result, indent=2) + "\n")
-        (args.out / "load_api.md").write_text(markdown(result))
-        print(f"wrote {args.out / 'load_api.json'} and {args.out / 'load_api.md'}")
+        stem = "load_api_slow" if slow else "load_api"
+        (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (args.out / f"{stem}.md").write_text((markdown_slow if slow else markdown)(result))
+        print(f"wrote {args.out / stem}.json and .md")
         done = True
         return 0
     except KeyboardInterrupt:

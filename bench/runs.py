@@ -1,27 +1,28 @@
 """The suite's cells: one method at one budget on one arch and seed, run once and cached.
 
-A run lives in ``<runs>/<arch>-<method>-<criterion>-<budget>-<fine-tune tag>-s<seed>/``
-(report.json, model.safetensors, spec.json, model.onnx, latency.json, bench.json; error.txt if it
-failed) and is skipped when its report exists and was made from the current baseline.
+A run lives in ``<runs>/<arch>-<method>-<criterion>-<budget>-<fine-tune tag>-s<seed>/``, where
+``<runs>`` is the cache folder of this code version (``settings.runs``): report.json,
+model.safetensors, spec.json, model.onnx, latency.json, bench.json (the job's description, its
+fingerprint and the code version, see ``bench.cache``); error.txt if it failed. It is reused only
+when its report exists and bench.json holds this job's fingerprint and this code version.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import read_json, stage_printer
-from settings import Settings, finetune_config
-from tp_baselines import TP_IMPORTANCE, tp_run
-
 from autoprune import pipeline
 from autoprune.data import ImageData
-from autoprune.types import Budget, JobSpec
+from autoprune.spec import Budget, JobSpec
+from bench import cache
+from bench.common import read_json, stage_printer
+from bench.settings import Settings, finetune_config
+from bench.tp_baselines import TP_IMPORTANCE, tp_run
 
 LATENCY_METHOD = ("halp", "taylor")
 REPORT_KEYS = (
@@ -104,19 +105,28 @@ def planned_runs(arch: str, args: argparse.Namespace) -> list[Run]:
     return runs
 
 
+def job(run: Run, settings: Settings, seed: int, weights: Path) -> dict[str, Any]:
+    """What decides the run's result besides the code: its fingerprint is the hash of this."""
+    return {
+        "arch": run.arch, "method": run.method, "criterion": run.criterion, "budget": run.budget.to_dict(),
+        "channel_step": run.channel_step, "seed": seed, "mode": settings.mode,
+        "data": Path(settings.data_ref.partition(":")[2]).name,
+        "finetune": finetune_config(settings.recipe(run.arch)).to_dict(),
+        "latency_repeats": settings.latency_repeats,
+        "baseline": {"file": weights.name, "sha256": cache.file_sha256(weights)},
+    }  # fmt: skip
+
+
 def is_done(run: Run, settings: Settings, seed: int, weights: Path) -> bool:
-    """A report made from this baseline (runs from before bench.json existed used the only one there was)."""
-    out = run.directory(settings, seed)
-    if not (out / "report.json").exists():
-        return False
-    marker = out / "bench.json"
-    return not marker.exists() or read_json(marker).get("baseline") == weights.name
+    """A finished run of this job (this baseline, recipe, ...) made by this code version."""
+    return cache.is_cached(run.directory(settings, seed), job(run, settings, seed, weights), settings.code_version)
 
 
 def execute(run: Run, settings: Settings, weights: Path, data: ImageData, seed: int) -> dict[str, Any]:
     out = run.directory(settings, seed)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").unlink(missing_ok=True)  # a stale report (other baseline) must not survive a failure
+    (out / "report.json").unlink(missing_ok=True)  # a stale report (other job) must not survive a failure
+    (out / cache.MARKER).unlink(missing_ok=True)
     cfg = finetune_config(settings.recipe(run.arch))
     start = time.perf_counter()
     if run.method == "tp":
@@ -133,12 +143,14 @@ def execute(run: Run, settings: Settings, weights: Path, data: ImageData, seed: 
             seed=seed,
             latency_repeats=settings.latency_repeats,
             channel_step=run.channel_step,
-            export_pt2=False,
+            exports=("onnx",),
             out_dir=str(out),
         )
-        report = pipeline.run(spec, progress=stage_printer(run.name))
+        report = pipeline.run(spec, progress=stage_printer(run.name)).to_dict()
     seconds = time.perf_counter() - start
-    (out / "bench.json").write_text(json.dumps({"baseline": weights.name, "wall_seconds": round(seconds, 1)}))
+    cache.write_marker(
+        out, job=job(run, settings, seed, weights), version=settings.code_version, wall_seconds=round(seconds, 1)
+    )
     print(
         f"{run.arch} {run.name} {run.label} s{seed}: top-1 {report['accuracy_after']:.4f}, "
         f"MACs {report['flops_ratio']:.3f}, {seconds:.0f} s; stages {report['timings']}",
@@ -148,19 +160,22 @@ def execute(run: Run, settings: Settings, weights: Path, data: ImageData, seed: 
 
 
 def collect(run: Run, settings: Settings, seed: int, latency: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A run's row for the results: its report's keys, the latency timed here, or its error."""
+    """A run's row for the results: its report's keys and ``latency`` (its timing, given for a run
+    that ``is_done``; None otherwise, and then a report left by another job or code version is not
+    read), or its error."""
     out = run.directory(settings, seed)
     row: dict[str, Any] = {
         "arch": run.arch, "run": out.name, "name": run.name, "label": run.label, "kind": run.kind,
-        "budget_kind": run.budget.kind, "seed": seed,
+        "budget_kind": run.budget.kind, "seed": seed, "code_version": settings.code_version,
     }  # fmt: skip
-    if (out / "report.json").exists():
+    marker = cache.read_marker(out)
+    if latency is not None and marker is not None and (out / "report.json").exists():
         report = read_json(out / "report.json")
         row.update({k: report[k] for k in REPORT_KEYS}, latency_ms=latency)
-        if run.budget.measured:  # the target in ms: given, or priced by the job from its own timing
-            row["latency_target_ms"] = report["budget"].get("latency_ms") or report["latency"]["budget_target_ms"]
-        if (out / "bench.json").exists():
-            row["wall_seconds"] = read_json(out / "bench.json").get("wall_seconds")
+        if run.budget.measured:  # the target in ms the job priced from its own timing of the unpruned model
+            row["latency_target_ms"] = report["latency"]["budget_target_ms"]
+        row.update(code_version=marker["code_version"], fingerprint=marker["fingerprint"])
+        row["wall_seconds"] = marker.get("wall_seconds")
     elif (out / "error.txt").exists():
         row["error"] = "failed: " + (out / "error.txt").read_text().strip().splitlines()[-1]
     else:

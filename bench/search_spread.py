@@ -11,7 +11,7 @@ subprocesses, SQLite, the harness of tests/api) in two set-ups on the same cores
 Runs alternate between the set-ups (``--repeats`` each). Each job uploads its own weights file,
 so every job has a study of its own. Writes --out/<--name>.{json,md} (default search_spread).
 
-    .venv/bin/python bench/search_spread.py [--trials 40] [--repeats 2] [--name N --note "what else ran"]
+    .venv/bin/python -m bench.search_spread [--trials 40] [--repeats 2] [--name N --note "what else ran"]
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -29,14 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from load_api import machine
 from safetensors.torch import save_file
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests" / "api"))  # the harness is a plain module, not a package
-from service_harness import Service, stop_process, submit  # noqa: E402
+from autoprune.models import create_model
+from bench.harness import Service, stop_process, submit
+from bench.load_api import machine
 
-from autoprune.models import create_model  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 SETUPS = {"1 slot": {"concurrency": 1, "search_workers": 1}, "2 slots": {"concurrency": 2, "search_workers": 2}}
 
@@ -92,7 +90,9 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.search_spread", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=HERE / "results")
@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         client = svc.client(svc.token("bench"))
         torch.manual_seed(0)
         weights = svc.root / "resnet20.safetensors"
-        save_file({k: v.contiguous() for k, v in create_model("resnet20", num_classes=10).state_dict().items()}, str(weights))
+        save_file(
+            {k: v.contiguous() for k, v in create_model("resnet20", num_classes=10).state_dict().items()}, str(weights)
+        )
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in SETUPS}
         for i in range(args.repeats):
             for name, setup in SETUPS.items():

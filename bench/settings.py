@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import CACHE, CIFAR, RESULTS
 
-from autoprune.types import FinetuneConfig
+from autoprune.spec import FinetuneConfig
+from bench.cache import VERSION_DIGITS, code_version, resolve_version
+from bench.common import CACHE, CIFAR, RESULTS
 
 ARCHS = ("resnet20", "resnet56", "cifar_mobilenetv2", "cifar_vgg16_bn")
 BASELINE_SEED = 0  # every arch's reference model is trained once, with seed 0
@@ -43,7 +44,7 @@ class Recipe:
 
     @property
     def finetune_tag(self) -> str:
-        """The run directories' fine-tune part, e.g. ``e1`` or ``e1m100`` (legacy layout for ``e1``)."""
+        """The run directories' fine-tune part, e.g. ``e1`` or ``e1m100``."""
         return f"e{self.finetune_epochs}" + (f"m{self.finetune_max_steps}" if self.finetune_max_steps else "")
 
 
@@ -90,26 +91,36 @@ def baseline_recipe_text(recipe: Recipe) -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    """Where one mode reads and writes, and how much work each run does."""
+    """Where one mode reads and writes, and how much work each run does.
+
+    ``runs`` is the cache of one code version (``<mode's methods folder>/<first 16 hex digits>``):
+    runs made by other code are never read from there.
+    """
 
     mode: str  # "cpu", "full" or "quick"
     baselines: Path  # trained reference models
-    runs: Path  # one directory per run, and the unpruned bundle per arch
+    runs: Path  # one directory per run, and the unpruned bundle per arch, of this code version
     results: Path
     data_ref: str
     recipes: dict[str, Recipe] = field(repr=False)
     latency_repeats: int
+    code_version: str  # bench.cache.code_version(), or the older one --no-run --code-version tabulates
 
     @classmethod
-    def make(cls, mode: str) -> Settings:
+    def make(cls, mode: str, version: str | None = None) -> Settings:
+        """The mode's settings at this checkout's code version, or at the cached ``version`` (a prefix will do)."""
         if mode == "quick":
             quick = CACHE / "quick"
             subset = cifar_subset(quick / "cifar10-subset")
-            return cls("quick", quick, quick / "methods", RESULTS / "quick", f"npz:{subset}", QUICK_RECIPES, 3)
-        if mode == "full":
+            folders = (quick, quick / "methods", RESULTS / "quick", f"npz:{subset}", QUICK_RECIPES, 3)
+        elif mode == "full":
             full = CACHE / "full"
-            return cls("full", full, full / "methods", RESULTS / "full", f"npz:{CIFAR}", FULL_RECIPES, 100)
-        return cls("cpu", CACHE, CACHE / "methods", RESULTS, f"npz:{CIFAR}", CPU_RECIPES, 30)
+            folders = (full, full / "methods", RESULTS / "full", f"npz:{CIFAR}", FULL_RECIPES, 100)
+        else:
+            folders = (CACHE, CACHE / "methods", RESULTS, f"npz:{CIFAR}", CPU_RECIPES, 30)
+        baselines, methods, results, data_ref, recipes, repeats = folders
+        version = resolve_version(methods, version) if version else code_version()
+        return cls(mode, baselines, methods / version[:VERSION_DIGITS], results, data_ref, recipes, repeats, version)
 
     def recipe(self, arch: str) -> Recipe:
         if arch not in self.recipes:

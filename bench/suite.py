@@ -1,18 +1,22 @@
 """The benchmark suite: every method at 2× and 3× MACs reduction on each reference model, resumable.
 
-    .venv/bin/python bench/suite.py                                  # CPU setting: ResNet-20, seed 0 (≈1 h idle)
-    .venv/bin/python bench/suite.py --archs resnet20,resnet56,cifar_mobilenetv2,cifar_vgg16_bn --seeds 0,1
-    .venv/bin/python bench/suite.py --train-only --archs resnet56    # train (or finish training) baselines only
-    .venv/bin/python bench/suite.py --no-run                         # tables from what has finished
-    .venv/bin/python bench/suite.py --only-latency                   # re-time every finished run (in rounds), rewrite tables
-    .venv/bin/python bench/suite.py --full --archs ...               # paper-like epochs (GPU machine)
-    .venv/bin/python bench/suite.py --quick                          # smoke test, separate cache and results
+    .venv/bin/python -m bench.suite                                  # CPU setting: ResNet-20, seed 0 (≈1 h idle)
+    .venv/bin/python -m bench.suite --archs resnet20,resnet56,cifar_mobilenetv2,cifar_vgg16_bn --seeds 0,1
+    .venv/bin/python -m bench.suite --train-only --archs resnet56    # train (or finish training) baselines only
+    .venv/bin/python -m bench.suite --no-run                         # tables from what has finished
+    .venv/bin/python -m bench.suite --only-latency                   # re-time every finished run (in rounds), rewrite tables
+    .venv/bin/python -m bench.suite --full --archs ...               # paper-like epochs (GPU machine)
+    .venv/bin/python -m bench.suite --quick                          # smoke test, separate cache and results
+
+(from the repository root: bench is a package.)
 
 Per arch: the baseline (trained once, cached, resumable per epoch), then for each seed every
 ``--methods`` entry at each ``--budgets`` MACs budget, HALP at ``--latency-fraction`` × the
 unpruned model's latency (timed again just before HALP runs, so a timing made under load earlier
 cannot loosen the target), and the high-compression fidelity runs (``--high-methods`` at
-``--high-budgets``). Every run is cached and skipped when done, so an interrupted suite resumes.
+``--high-budgets``). Every run is cached and skipped when done, so an interrupted suite resumes;
+the cache is keyed by the job's fingerprint and the code version (``bench.cache``), so after a
+change to autoprune/ or solvers/ every run is made again, and a table never mixes code versions.
 Writes ``results/suite-<arch>.json``, ``results/widths-<arch>-<budget>.png`` and
 ``results/RESULTS.md`` (every arch's json found there, plus ``results/fidelity-*.json``).
 """
@@ -28,7 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from baselines import (
+
+from autoprune.data import ImageData, load_data
+from autoprune.export import write_json
+from autoprune.measure import count_cost
+from bench.baselines import (
     baseline_bundle,
     baseline_path,
     latency_of,
@@ -36,10 +44,11 @@ from baselines import (
     measure_latencies_interleaved,
     train_baseline,
 )  # fmt: skip
-from common import load_average, machine, today, versions
-from plots import width_plot
-from runs import Run, collect, execute, is_done, parse_budgets, parse_methods, planned_runs
-from settings import (
+from bench.cache import short
+from bench.common import load_average, machine, today, versions
+from bench.plots import width_plot
+from bench.runs import Run, collect, execute, is_done, parse_budgets, parse_methods, planned_runs
+from bench.settings import (
     ARCHS,
     BUDGETS,
     CHANNEL_STEP,
@@ -50,26 +59,31 @@ from settings import (
     STEP_METHODS,
     Settings,
 )
-from tables import ARCH_TITLES, width_runs, write_results
-
-from autoprune.data import ImageData, load_data
-from autoprune.export import write_json
-from autoprune.measure import count_cost
+from bench.tables import ARCH_TITLES, width_runs, write_results
 
 LATENCY_COMPARED = "flops=0.5"  # the MACs budget whose runs are held against HALP's latency target
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.suite", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--archs", default="resnet20", help=f"comma-separated, from {', '.join(ARCHS)}")
     parser.add_argument("--seeds", default="0", help="pruning/fine-tune seeds to run and tabulate (baselines: seed 0)")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--full", action="store_true", help="paper-like epochs (settings.FULL_RECIPES); for a GPU machine")
+    mode.add_argument(
+        "--full", action="store_true", help="paper-like epochs (settings.FULL_RECIPES); for a GPU machine"
+    )
     mode.add_argument("--quick", action="store_true", help="smoke test: data subset, one fine-tune step")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated method:criterion (tp:… = Torch-Pruning)")
+    parser.add_argument(
+        "--methods", default=",".join(METHODS), help="comma-separated method:criterion (tp:… = Torch-Pruning)"
+    )
     parser.add_argument("--budgets", default=BUDGETS, help="comma-separated MACs budgets (fractions kept)")
     parser.add_argument(
-        "--latency-fraction", type=float, default=0.8, help="HALP's latency budget as a fraction of the unpruned latency; 0 skips it"
+        "--latency-fraction",
+        type=float,
+        default=0.8,
+        help="HALP's latency budget as a fraction of the unpruned latency; 0 skips it",
     )
     parser.add_argument("--latency-runtime", choices=["torch", "onnxruntime"], default="onnxruntime")
     parser.add_argument("--latency-batch", type=int, choices=[1, 64], default=64)
@@ -77,14 +91,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--high-budgets", default=HIGH_BUDGETS, help="fidelity check (d): budgets; empty skips it")
     parser.add_argument("--step-methods", default=",".join(STEP_METHODS), help="methods also run with --channel-step")
     parser.add_argument("--step-budgets", default=STEP_BUDGETS, help="their MACs budgets; empty skips them")
-    parser.add_argument("--channel-step", type=int, default=CHANNEL_STEP, help="widths in multiples of this for those runs")
+    parser.add_argument(
+        "--channel-step", type=int, default=CHANNEL_STEP, help="widths in multiples of this for those runs"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-only", action="store_true", help="train the baselines of --archs, run nothing else")
     parser.add_argument(
         "--no-run", action="store_true", help="run nothing: tabulate the finished runs (their latency.json as timed)"
     )
     parser.add_argument("--only-latency", action="store_true", help="re-time finished runs and rewrite the tables")
+    parser.add_argument(
+        "--code-version", default=None,
+        help="with --no-run: tabulate the cached runs of this older code version (a hex prefix) instead of this checkout's",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.code_version and not args.no_run:
+        raise SystemExit("--code-version only goes with --no-run: runs and timings are made by this checkout's code")
     args.arch_list = [a.strip() for a in args.archs.split(",") if a.strip()]
     unknown = [a for a in args.arch_list if a not in ARCHS]
     if unknown:
@@ -106,7 +128,12 @@ def mode_of(args: argparse.Namespace) -> str:
 def retime(arch: str, args: argparse.Namespace, settings: Settings, weights: Path, bundle: Path) -> None:
     """``--only-latency``: the unpruned model and every finished run, timed together in rounds."""
     runs = planned_runs(arch, args)
-    done = [run.directory(settings, seed) for seed in args.seed_list for run in runs if is_done(run, settings, seed, weights)]
+    done = [
+        run.directory(settings, seed)
+        for seed in args.seed_list
+        for run in runs
+        if is_done(run, settings, seed, weights)
+    ]
     print(f"{arch}: timing the unpruned model and {len(done)} runs in rounds", flush=True)
     measure_latencies_interleaved([bundle, *done], args.threads, settings.latency_repeats)
 
@@ -134,7 +161,7 @@ def run_arch(arch: str, args: argparse.Namespace, settings: Settings, data: Imag
     base_latency = latency_of(bundle, args.threads, settings.latency_repeats, reuse_any=reuse)
     cost = count_cost(load_baseline(arch, weights, data), torch.zeros(1, *data.input_shape))
     base = {
-        **{k: meta[k] for k in ("accuracy", "loss", "epochs", "recipe", "seconds") if k in meta},
+        **{k: meta[k] for k in ("accuracy", "loss", "epochs", "recipe", "seconds", "code_version") if k in meta},
         "weights": weights.name,
         "macs": cost.macs,
         "params": cost.params,
@@ -161,6 +188,7 @@ def run_arch(arch: str, args: argparse.Namespace, settings: Settings, data: Imag
             rows.append(collect(run, settings, seed, latency))
     suite = {
         "arch": arch,
+        "code_version": settings.code_version,  # of every row: runs of other code are not reused
         "machine": machine(),
         "date": today(),
         "versions": versions(),
@@ -190,12 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
-    settings = Settings.make(mode_of(args))
+    settings = Settings.make(mode_of(args), args.code_version)
+    print(f"code version {short(settings.code_version)}: runs cached in {settings.runs}", flush=True)
     if args.train_only:
         for arch in args.arch_list:
             start = time.perf_counter()
             _, meta = train_baseline(settings, arch)
-            print(f"{arch}: baseline ready, top-1 {meta['accuracy']:.4f} ({time.perf_counter() - start:.0f} s this call)")
+            print(
+                f"{arch}: baseline ready, top-1 {meta['accuracy']:.4f} ({time.perf_counter() - start:.0f} s this call)"
+            )
         return 0
     data = load_data(settings.data_ref)
     settings.results.mkdir(parents=True, exist_ok=True)
@@ -207,10 +238,17 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         suite, arch_failed = run_arch(arch, args, settings, data)
         failed |= arch_failed
+        if args.no_run and all("error" in r for r in suite["runs"]):  # keep what the results file holds
+            print(f"{arch}: no finished run of code version {short(settings.code_version)}; "
+                  f"results/suite-{arch}.json left as it was (--code-version tabulates an older one)")  # fmt: skip
+            continue
         write_json(settings.results / f"suite-{arch}.json", suite)
         plot_widths(suite, settings.results)
-        print(f"{arch}: {sum('error' not in r for r in suite['runs'])} of {len(suite['runs'])} runs done "
-              f"({time.perf_counter() - start:.0f} s this call)", flush=True)
+        print(
+            f"{arch}: {sum('error' not in r for r in suite['runs'])} of {len(suite['runs'])} runs done "
+            f"({time.perf_counter() - start:.0f} s this call)",
+            flush=True,
+        )
     print(f"wrote {write_results(settings)}")
     return 1 if failed else 0
 

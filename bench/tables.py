@@ -1,4 +1,8 @@
-"""Markdown from the suite's and the fidelity checks' json: nothing in a table is typed by hand."""
+"""Markdown from the suite's and the fidelity checks' json: nothing in a table is typed by hand.
+
+An arch's results are tabulated per code version (``cells.by_code_version``): runs of different
+code get separate sections and are never averaged or compared with each other.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cells import ARCH_TITLES, Row, cells, done, mean, ms, pct, practical_speedup, search_seconds
-from claims import allocators_vs_uniform, fidelity_markdown, high_compression, taylor_vs_l1
-from common import machine, read_json, today, versions
-from settings import ARCHS, Settings
+from bench.cache import short
+from bench.cells import ARCH_TITLES, Row, by_code_version, cells, done, mean, ms, pct, practical_speedup, search_seconds
+from bench.claims import allocators_vs_uniform, fidelity_markdown, high_compression, taylor_vs_l1
+from bench.common import ROOT, machine, read_json, today, versions
+from bench.settings import ARCHS, Settings
 
 # --- per-arch tables -------------------------------------------------------------------------
 
@@ -45,35 +50,38 @@ def method_table(rows: Sequence[Row], base: Row) -> list[str]:
         )
     missed = [r for r in done(rows) if r["allocation"][0].get("within_tolerance") is False]
     if missed:
-        listed = ", ".join(f"{r['name']} s{r['seed']} (ratio {r['allocation'][0]['pruning_ratio']:.3f})" for r in missed)
-        lines += ["", f"No Torch-Pruning ratio landed within 1% below the MACs target for {listed}: the closest below is shown."]
+        listed = ", ".join(
+            f"{r['name']} s{r['seed']} (ratio {r['allocation'][0]['pruning_ratio']:.3f})" for r in missed
+        )
+        lines += [
+            "",
+            f"No Torch-Pruning ratio landed within 1% below the MACs target for {listed}: the closest below is shown.",
+        ]
     return lines
 
 
 def threads_note(suite: Mapping[str, Any], rows: Sequence[Row]) -> str:
     """The thread counts the timings recorded (``--no-run`` keeps timings made with other ``--threads``)."""
-    timings = [suite["baseline"]["latency_ms"], *(r.get("latency_ms") or {} for r in done(rows))]
-    counts = sorted({t.get("threads", suite["args"]["threads"]) for t in timings if t})
+    timings = [suite["baseline"]["latency_ms"], *(r["latency_ms"] for r in done(rows))]
+    counts = sorted({t["threads"] for t in timings})
     return " or ".join(str(c) for c in counts) + " thread(s)"
 
 
 def load_note(base: Row, rows: Sequence[Row]) -> str:
-    """The load averages recorded with the timings (older timings did not record one)."""
-    loads = [r["latency_ms"]["load_average"] for r in done(rows) if "load_average" in (r.get("latency_ms") or {})]
-    untimed = sum(1 for r in done(rows) if "load_average" not in (r.get("latency_ms") or {}))
-    parts = [f"unpruned model timed at load average {base['latency_ms']['load_average']:.1f}"
-             if "load_average" in base["latency_ms"] else "unpruned model's load average not recorded"]
+    """The load averages recorded with the timings."""
+    timings = [r["latency_ms"] for r in done(rows)]
+    loads = [t["load_average"] for t in timings]
+    parts = [f"unpruned model timed at load average {base['latency_ms']['load_average']:.1f}"]
     if loads:
         parts.append(f"{len(loads)} run(s) timed at load average {min(loads):.1f}–{max(loads):.1f}")
-    if untimed:
-        parts.append(f"{untimed} run(s) timed before load averages were recorded")
-    timings = [r.get("latency_ms") or {} for r in done(rows)]
     together = sum(1 for t in timings if t.get("interleaved"))
     if together:
         parts.append(f"{together} run(s) timed with the unpruned model in interleaved rounds, one call each per round")
-    spinning = sum(1 for t in timings if t.get("interleaved") and t.get("onnxruntime_spinning", True))
+    spinning = sum(1 for t in timings if t.get("interleaved") and t["onnxruntime_spinning"])
     if spinning:  # all sessions alive and spin-waiting: they stole each other's cores
-        parts.append(f"{spinning} of those with spin-waiting onnxruntime sessions, which inflates their onnxruntime times")
+        parts.append(
+            f"{spinning} of those with spin-waiting onnxruntime sessions, which inflates their onnxruntime times"
+        )
     return "; ".join(parts)
 
 
@@ -96,7 +104,8 @@ def latency_table(rows: Sequence[Row], base: Row, compared_label: str) -> list[s
         errors = sorted({r["error"] for r in rows if r["kind"] == "latency" and "error" in r})
         return [f"No latency-budget run finished{': ' + '; '.join(errors) if errors else '.'}"]
     fraction, setting = latency_fraction(halp[0]), latency_setting(halp[0])
-    target = halp[0].get("latency_target_ms") or halp[0]["budget"]["latency_ms"]  # rows collected before 2026-12-02
+    # the committed results/suite-resnet20.json predates latency_target_ms: its runs had an absolute budget
+    target = halp[0].get("latency_target_ms") or halp[0]["budget"]["latency_ms"]
     compared = [r for r in rows if r["kind"] == "latency" or r["label"] == compared_label]
     lines = [
         f"HALP's budget: {fraction:g} × the unpruned model's {setting[0]} batch-{setting[1]} latency (the run "
@@ -128,36 +137,51 @@ def width_runs(rows: Sequence[Row], label: str) -> dict[str, Any]:
 # --- the whole file --------------------------------------------------------------------------
 
 
-def predating(rows: Sequence[Row]) -> list[Row]:
-    """Runs from before 2026-12-01: no BN re-estimation, and the plain-L2 ``global`` ranking."""
-    return [r for r in rows if "bn_reestimation_batches" not in r]
+BN_NOTE = (
+    "Pruned, not tuned: right after the cut, with BatchNorm statistics re-estimated on the calibration "
+    "batches (as after fine-tuning too)."
+)
 
 
-def bn_note(rows: Sequence[Row]) -> str:
-    """What "pruned, not tuned" measured: runs since 2026-12-01 re-estimate BN statistics after the cut."""
-    fresh = len(rows) - len(predating(rows))
-    if fresh == len(rows):
+def code_version_note(version: str | None) -> str:
+    if version is None:
         return (
-            "Pruned, not tuned: right after the cut, with BatchNorm statistics re-estimated on the calibration "
-            "batches (as after fine-tuning too)."
+            "Code version: not recorded (these runs predate the bench's code versions, when its cache did not "
+            "tell code apart: they may come from several)."
         )
     return (
-        f"Pruned, not tuned: right after the cut; {len(rows) - fresh} of {len(rows)} runs predate BatchNorm "
-        "re-estimation (2026-12-01) and show the statistics inherited from the unpruned model, mostly near chance "
-        "(nap:kfac re-estimated them already, after its OBS update). They also predate `global`'s per-layer RMS "
-        "normalisation (it used plain L2, which guts wide layers): its rows here are the old method."
+        f"Code version: `{short(version)}` (sha256 of the autoprune/ and solvers/ sources that made every run "
+        "below, `bench/cache.py`)."
     )
 
 
-def arch_section(suite: Mapping[str, Any]) -> list[str]:
+def arch_sections(suite: Mapping[str, Any]) -> list[str]:
+    """The arch's sections: one per code version of its runs (one, when the suite wrote the file)."""
+    parts = by_code_version(suite)
+    if len(parts) == 1:
+        return arch_section(parts[0])
+    title = ARCH_TITLES.get(suite["arch"], suite["arch"])
+    note = (
+        f"{title}'s results file holds runs of {len(parts)} code versions: each has its own section, and none "
+        "is averaged or compared with another's."
+    )
+    lines = []
+    for part in parts:
+        lines += arch_section(part, heading=f"{title}, code version {short(part['code_version'])}", note=note)
+    return lines
+
+
+def arch_section(suite: Mapping[str, Any], heading: str | None = None, note: str | None = None) -> list[str]:
+    """One arch's tables, from rows of one code version."""
     rows, base, s = suite["runs"], suite["baseline"], suite["settings"]
     ft = s["finetune"]
     cap = f", at most {ft['max_steps_per_epoch']} steps per epoch" if ft["max_steps_per_epoch"] else ""
     title = ARCH_TITLES.get(suite["arch"], suite["arch"])
     seeds = ", ".join(str(x) for x in suite["seeds"])
     lines = [
-        f"## {title}",
+        f"## {heading or title}",
         "",
+        *([note, ""] if note else []),
         f"Baseline: top-1 {100 * base['accuracy']:.2f}% ({base['recipe']}; seed 0; trained in {base.get('seconds', 0) / 60:.0f} min). "
         f"Fine-tune for every method: {ft['epochs']} epoch(s){cap}, SGD lr {ft['lr']} cosine, batch {ft['batch_size']}, "
         f"distillation from the unpruned model (weight {ft['distill_weight']}, T={ft['temperature']:g}). "
@@ -166,7 +190,7 @@ def arch_section(suite: Mapping[str, Any]) -> list[str]:
         "Search s = importance + allocation (+ HALP's latency table; Torch-Pruning: its ratio bisection). "
         "`/stepN` rows kept widths in multiples of N (`--channel-step N`), which onnxruntime's kernels run faster.",
         "",
-        f"{bn_note(done(rows))}",
+        f"{BN_NOTE} {code_version_note(suite.get('code_version'))}",
         "",
         f"Written {suite['date']} on {suite['machine']}. {len(done(rows))} of {len(rows)} runs finished; their "
         f"stages took {sum(sum(r['timings'].values()) for r in done(rows)) / 3600:.1f} h in all (as they ran, "
@@ -203,11 +227,13 @@ def arch_section(suite: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def results_markdown(suites: Sequence[Mapping[str, Any]], fidelities: Sequence[Mapping[str, Any]], header: Mapping[str, str]) -> str:
+def results_markdown(
+    suites: Sequence[Mapping[str, Any]], fidelities: Sequence[Mapping[str, Any]], header: Mapping[str, str]
+) -> str:
     lines = [
         f"# Benchmark results{header.get('title_suffix', '')}",
         "",
-        "Generated by `bench/suite.py` (and `bench/fidelity.py`) from `bench/results/*.json`; do not edit by hand. CIFAR-10 from "
+        "Generated by `python -m bench.suite` (and `python -m bench.fidelity`) from `bench/results/*.json`; do not edit by hand. CIFAR-10 from "
         "`../shared/data/cifar10`: the 27,000-image training subset, the full 10,000-image test set. MACs count "
         "conv + linear multiply-accumulates per image; speedup = unpruned ÷ pruned onnxruntime batch-64 latency.",
         "",
@@ -215,7 +241,7 @@ def results_markdown(suites: Sequence[Mapping[str, Any]], fidelities: Sequence[M
         "",
     ]
     for suite in suites:
-        lines += arch_section(suite)
+        lines += arch_sections(suite)
     if fidelities:
         lines += ["## Fidelity (a), (b): criteria on a trained baseline", ""]
         for result in fidelities:
@@ -227,34 +253,35 @@ README_BEGIN, README_END = "<!-- results:begin (bench/tables.py writes this bloc
 
 
 def readme_summary(suites: Sequence[Mapping[str, Any]], header: Mapping[str, str]) -> str:
-    """The README's short table: top-1 after fine-tuning and the practical speedup per budget."""
+    """The README's short table: top-1 after fine-tuning and the practical speedup per budget,
+    one table per arch and code version."""
     lines = [f"Generated from `bench/results/suite-*.json` on {header['date']}, {header['machine']}; "
              "full tables, settings and fidelity checks in [`bench/results/RESULTS.md`](bench/results/RESULTS.md).", ""]  # fmt: skip
-    for suite in suites:
+    for suite in (part for whole in suites for part in by_code_version(whole)):
         rows, base = suite["runs"], suite["baseline"]
         labels = list(dict.fromkeys(r["label"] for r in rows if r["kind"] == "main"))
+        if not labels:
+            continue
         head = " | ".join(f"{label}: top-1 | {label}: speedup" for label in labels)
+        version = suite["code_version"]
         lines += [
-            f"**{ARCH_TITLES.get(suite['arch'], suite['arch'])}** (unpruned {100 * base['accuracy']:.2f}%; speedup = "
+            f"**{ARCH_TITLES.get(suite['arch'], suite['arch'])}** (code version "
+            f"{f'`{short(version)}`' if version else 'not recorded'}; unpruned {100 * base['accuracy']:.2f}%; speedup = "
             "unpruned ÷ pruned onnxruntime latency at batch 64, where < 1 the pruned model is slower)",
             "",
             f"| method | {head} |",
             "|---|" + "---|" * (2 * len(labels)),
         ]
-        old = predating(done(rows))
-        if old:  # the note goes above the table
-            lines[-2:-2] = [
-                f"{len(old)} of these runs predate 2026-12-01: no BatchNorm re-estimation after the cut and "
-                "fine-tune, and `global:*` is the old plain-L2 ranking that guts wide layers.",
-                "",
-            ]
         by_label = {label: cells([r for r in rows if r["label"] == label and r["kind"] == "main"]) for label in labels}
         lat = base["latency_ms"]
         for name in dict.fromkeys(name for _, name in by_label[labels[0]]):
             row = [name]
             for label in labels:
                 group = by_label[label].get((label, name), [])
-                row += [pct(group, "accuracy_after"), f"{mean([practical_speedup(r, lat) for r in group]):.2f}" if group else ""]
+                row += [
+                    pct(group, "accuracy_after"),
+                    f"{mean([practical_speedup(r, lat) for r in group]):.2f}" if group else "",
+                ]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -269,20 +296,26 @@ def update_readme(readme: Path, block: str) -> None:
     readme.write_text(head + README_BEGIN + "\n" + block + "\n" + README_END + rest.split(README_END, 1)[1])
 
 
-def write_results(settings: Settings) -> Path:
-    """RESULTS.md from every suite-*.json and fidelity-*.json in the results folder."""
+def write_results(
+    settings: Settings, *, header: Mapping[str, str] | None = None, readme: Path | None = ROOT.parent / "README.md"
+) -> Path:
+    """RESULTS.md from every suite-*.json and fidelity-*.json in the results folder; in the CPU
+    setting also the results block of ``readme`` (None: no README)."""
     out = settings.results
     order = {arch: i for i, arch in enumerate(ARCHS)}
     suites = sorted((read_json(p) for p in out.glob("suite-*.json")), key=lambda s: order.get(s["arch"], len(order)))
     fidelities = [read_json(p) for p in sorted(out.glob("fidelity-*.json"))]
-    header = {
-        "machine": suites[0]["machine"] if suites else machine(),
-        "versions": ", ".join(f"{k} {v}" for k, v in versions().items()),
-        "date": today(),
-        "title_suffix": {"quick": " (QUICK SMOKE TEST: the numbers mean nothing)", "full": " (--full)"}.get(settings.mode, ""),
-    }
+    if header is None:
+        header = {
+            "machine": suites[0]["machine"] if suites else machine(),
+            "versions": ", ".join(f"{k} {v}" for k, v in versions().items()),
+            "date": today(),
+            "title_suffix": {"quick": " (QUICK SMOKE TEST: the numbers mean nothing)", "full": " (--full)"}.get(
+                settings.mode, ""
+            ),
+        }
     path = out / "RESULTS.md"
     path.write_text(results_markdown(suites, fidelities, header) + "\n")
-    if settings.mode == "cpu" and suites:
-        update_readme(out.parent.parent / "README.md", readme_summary(suites, header))
+    if settings.mode == "cpu" and suites and readme is not None:
+        update_readme(readme, readme_summary(suites, header))
     return path

@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch_pruning as tp
-from baselines import DEVICE, load_baseline
-from common import stage_printer, versions
 from torch import nn
 
-from autoprune import pipeline, prune_step
+from autoprune import prune_step
+from autoprune.context import Timer
 from autoprune.data import ImageData
 from autoprune.device import on_device
 from autoprune.errors import SurgeryError
@@ -35,10 +34,16 @@ from autoprune.finetune import evaluate, finetune
 from autoprune.graph import build_graph
 from autoprune.graph.build import find_output_layers
 from autoprune.measure import count_cost
+from autoprune.measure.paired import paired_model_timing
+from autoprune.report.schema import MACS_NOTE, FinetuneReport, LatencyReport, Report
+from autoprune.spec import Budget, FinetuneConfig, JobSpec
+from autoprune.stages import layer_table
 from autoprune.surgery import PruningPlan, apply_plan
-from autoprune.types import Budget, FinetuneConfig, JobSpec
+from bench.baselines import DEVICE, load_baseline
+from bench.common import stage_printer, versions
 
-CALIBRATION_BATCHES = next(f.default for f in fields(JobSpec) if f.name == "calibration_batches")
+CALIBRATION_BATCHES = JobSpec.model_fields["calibration_batches"].default
+LATENCY_REPEATS = JobSpec.model_fields["latency_repeats"].default
 TP_IMPORTANCE: dict[str, Callable[[], tp.importance.Importance]] = {
     "magnitude": lambda: tp.importance.GroupMagnitudeImportance(p=1),
     "taylor": lambda: tp.importance.GroupTaylorImportance(),
@@ -141,7 +146,7 @@ def tp_run(
     """Torch-Pruning's global pruner, then the pipeline's fine-tune, evaluation and export; writes report.json."""
     if budget.kind != "flops":
         raise ValueError(f"the torch-pruning baseline takes flops budgets, not {budget}")
-    timer = prune_step.Timer()
+    timer = Timer()
     say = stage_printer(f"tp:{criterion}")
     model = load_baseline(arch, weights, data)
     example = torch.zeros(1, *data.input_shape)
@@ -179,43 +184,44 @@ def tp_run(
         save_weights(pruned, out / "model.safetensors", model_spec)
         write_json(out / "spec.json", model_spec.to_dict())
         onnx_diff = export_onnx(pruned, out / "model.onnx", example)
+    threads = torch.get_num_threads()
+    paired = {
+        runtime: paired_model_timing(
+            teacher, pruned, data.input_shape, runtime=runtime, batch_size=1, threads=threads,
+            rounds=LATENCY_REPEATS // 3, repeats=3,
+        )
+        for runtime in ("torch", "onnxruntime")
+    }  # fmt: skip
     importance = TP_IMPORTANCE[criterion]()
-    report = {
-        "arch": arch,
-        "data": data_ref,
-        "method": "tp",
+    allocation = {
         "criterion": criterion,
-        "budget": budget.to_dict(),
-        "seed": seed,
-        "macs_before": before.macs,
-        "macs_after": after.macs,
-        "flops_ratio": after.macs / before.macs,
-        "params_before": before.params,
-        "params_after": after.params,
-        "params_ratio": after.params / before.params,
-        "accuracy_before": eval_before.accuracy,
-        "accuracy_pruned": eval_pruned.accuracy,
-        "bn_reestimation_batches": CALIBRATION_BATCHES,
-        "accuracy_after": eval_after.accuracy,
-        "loss_before": eval_before.loss,
-        "loss_after": eval_after.loss,
-        "onnx_max_abs_diff": onnx_diff,
-        "layers": pipeline.layer_table(before, after),
-        "allocation": [
-            {
-                "criterion": criterion,
-                "importance": f"torch_pruning {type(importance).__name__}"
-                + (f"(p={importance.p})" if hasattr(importance, "p") else "()"),
-                "target": budget.value,
-                "achieved": after.macs / before.macs,
-                **diagnostics,
-            }
-        ],
-        "finetune": {"config": cfg.to_dict(), "history": [asdict(s) for s in stats]},
-        "timings": {stage: round(s, 3) for stage, s in timer.seconds.items()},
-        "versions": versions(),
-        "notes": "torch_pruning MetaPruner, global_pruning=True, iterative_steps=1, output layer ignored; "
-        "pruning_ratio bisected to the MACs target.",
+        "importance": f"torch_pruning {type(importance).__name__}"
+        + (f"(p={importance.p})" if hasattr(importance, "p") else "()"),
+        "target": budget.value,
+        "achieved": after.macs / before.macs,
+        **diagnostics,
     }
+    report = Report(
+        arch=arch, data=data_ref, method="tp", criterion=criterion, budget=budget.to_dict(), schedule="oneshot",
+        seed=seed, macs_before=before.macs, macs_after=after.macs, flops_before=2 * before.macs,
+        flops_after=2 * after.macs, flops_ratio=after.macs / before.macs, params_before=before.params,
+        params_after=after.params, params_ratio=after.params / before.params,
+        latency_ms_before=paired["torch"].before_ms, latency_ms_after=paired["torch"].after_ms,
+        latency=LatencyReport(
+            batch_size=1, threads=threads, before={k: t.before_ms for k, t in paired.items()},
+            after={k: t.after_ms for k, t in paired.items()}, paired={k: t.to_dict() for k, t in paired.items()},
+            target={"runtime": "onnxruntime", "device": "cpu", "batch_size": 1, "threads": threads},
+        ),
+        faster=paired["onnxruntime"].ratio < 1,
+        accuracy_before=eval_before.accuracy, accuracy_pruned=eval_pruned.accuracy,
+        bn_reestimation_batches=CALIBRATION_BATCHES, accuracy_after=eval_after.accuracy,
+        loss_before=eval_before.loss, loss_after=eval_after.loss, onnx_max_abs_diff=onnx_diff,
+        layers=layer_table(before, after), allocation=[allocation],
+        finetune=FinetuneReport(config=cfg.to_dict(), history=[asdict(s) for s in stats]),
+        timings={stage: round(s, 3) for stage, s in timer.seconds.items()}, device=str(DEVICE), resumed=None,
+        versions=versions(),
+        notes="torch_pruning MetaPruner, global_pruning=True, iterative_steps=1, output layer ignored; "
+        "pruning_ratio bisected to the MACs target. " + MACS_NOTE,
+    ).to_dict()  # fmt: skip
     write_json(out / "report.json", report)
     return report

@@ -1,8 +1,21 @@
-"""Allocation methods: per-group keep counts under a budget. No torch imports here."""
+"""Allocation methods: per-group keep counts under a budget. No torch imports here.
+
+Allocators are plug-ins: each describes itself (``Allocator``'s class attributes) and is
+registered by name, here for the built-in ones or by a plug-in module (``register``).
+"""
 
 from __future__ import annotations
 
-from solvers.base import Allocation, AllocationProblem, Allocator, GroupSpec, InfeasibleBudget, QuadraticCost
+from solvers.base import (
+    Allocation,
+    AllocationProblem,
+    Allocator,
+    AllocatorContext,
+    GroupSpec,
+    InfeasibleBudget,
+    NoOptions,
+    QuadraticCost,
+)
 from solvers.evolution import Evolution
 from solvers.global_rank import GlobalRank
 from solvers.knapsack import HALP
@@ -13,10 +26,12 @@ from solvers.uniform import Uniform
 ALLOCATORS: dict[str, type[Allocator]] = {}
 
 
-def register(name: str, cls: type[Allocator]) -> None:
+def register(name: str, cls: type[Allocator]) -> type[Allocator]:
+    """Add an allocator under ``name``; a name is registered once."""
     if name in ALLOCATORS:
         raise ValueError(f"allocator {name!r} is already registered")
     ALLOCATORS[name] = cls
+    return cls
 
 
 register("uniform", Uniform)
@@ -27,13 +42,18 @@ register("evolution", Evolution)
 register("halp", HALP)
 
 
-def get_allocator(name: str | Allocator) -> Allocator:
-    """An allocator instance from its name; KeyError (with the known names) if unknown."""
-    if isinstance(name, Allocator):
-        return name
+def allocator_class(name: str) -> type[Allocator]:
+    """The allocator registered as ``name``; KeyError (with the known names) if unknown."""
     if name not in ALLOCATORS:
         raise KeyError(f"unknown allocator {name!r}; known: {', '.join(sorted(ALLOCATORS))}")
-    return ALLOCATORS[name]()
+    return ALLOCATORS[name]
+
+
+def get_allocator(name: str | Allocator) -> Allocator:
+    """An allocator instance with default options from its name (or the instance itself)."""
+    if isinstance(name, Allocator):
+        return name
+    return allocator_class(name)()
 
 
 __all__ = [
@@ -41,8 +61,12 @@ __all__ = [
     "Allocation",
     "AllocationProblem",
     "Allocator",
+    "AllocatorContext",
     "GroupSpec",
     "InfeasibleBudget",
+    "NoOptions",
     "QuadraticCost",
+    "allocator_class",
     "get_allocator",
+    "register",
 ]

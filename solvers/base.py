@@ -99,9 +99,7 @@ class AllocationProblem:
     def check_feasible(self) -> None:
         floor = self.cost_of_units({g.id: g.min_units for g in self.groups})
         if floor > self.budget:
-            raise InfeasibleBudget(
-                f"even the narrowest allowed network costs {floor:.4g} > budget {self.budget:.4g}"
-            )
+            raise InfeasibleBudget(f"even the narrowest allowed network costs {floor:.4g} > budget {self.budget:.4g}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -172,16 +170,50 @@ def snap_to_step(problem: AllocationProblem, keep: Mapping[str, int], channel_st
         units[best[0]] = best[1]
 
 
+@dataclass(frozen=True)
+class NoOptions:
+    """An allocator without options of its own."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AllocatorContext:
+    """What a job decides for every allocator: the width step kept widths snap to, and the
+    runtime a latency budget is measured in (None for MACs and params budgets)."""
+
+    channel_step: int = 1
+    latency_runtime: str | None = None
+
+
 class Allocator(abc.ABC):
-    """Chooses keep counts for an :class:`AllocationProblem`.
+    """Chooses keep counts for an :class:`AllocationProblem`; a plug-in that describes itself.
 
     ``needs`` names the optional problem inputs the allocator uses ("evaluate",
     "quadratic_cost", "layer_importance"), so callers build only those. ``budgets`` are the
-    budget kinds it accepts.
+    budget kinds it accepts ("flops", "params", "latency_ms"). ``default_criterion`` is the
+    channel importance it is meant to rank with, ``summary`` a line for help texts. ``Options``
+    is a frozen dataclass of the method's own user options: the CLI flags and HTTP form fields
+    are generated from its fields (``metadata``: ``help``, and ``min``/``max`` for numbers), and
+    ``configure`` builds the allocator from them. ``joinable`` allocators can take trials from
+    other processes into one stored search (``join``).
     """
 
     needs: ClassVar[frozenset[str]] = frozenset()
     budgets: ClassVar[frozenset[str]] = frozenset({"flops", "params"})
+    default_criterion: ClassVar[str] = "l1"
+    summary: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    joinable: ClassVar[bool] = False
+
+    @classmethod
+    def configure(cls, options: Any, context: AllocatorContext) -> Allocator:
+        """The allocator for one job, from an instance of ``Options`` and the job's context."""
+        return cls()
+
+    def join(
+        self, problem: AllocationProblem, *, label: str, seed: int, should_stop: Callable[[], bool]
+    ) -> dict[str, Any]:
+        """Add trials to the stored search that another process leads (``joinable`` allocators)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot join a search")
 
     @abc.abstractmethod
     def allocate(self, problem: AllocationProblem) -> Allocation: ...

@@ -1,11 +1,11 @@
-"""Search-based allocation (METHODS.md §3): an Optuna ask/tell search over per-group keep ratios.
+"""Search-based allocation (docs/methods.md#evolution): an Optuna ask/tell search over per-group keep ratios.
 
 This is MetaPruning's evolutionary search without its PruningNet, with candidates scored by an
 injected ``problem.evaluate`` (EagleEye's adaptive-BN accuracy in the pipeline, see
-``autoprune.adaptive_bn``), run by an Optuna sampler as METHODS.md §3c recommends:
+``autoprune.adaptive_bn``), run by an Optuna sampler:
 
 - **Search space.** One float per group, its keep ratio in ``[min_units/units, 1]``. Groups whose
-  ``min_units`` equals their width have nothing to choose and are left out. METHODS.md gives no
+  ``min_units`` equals their width have nothing to choose and are left out. There is no
   reason to share ratios between groups here: the channel-coupling groups already merge the
   widths MetaPruning shares (residual stage outputs), so the ratios stay per group.
 - **Repair (default).** A sampled ratio vector ``r`` is read as a *shape*: group ``g`` gets its
@@ -24,7 +24,7 @@ injected ``problem.evaluate`` (EagleEye's adaptive-BN accuracy in the pipeline, 
 - **Constraint.** Every trial records ``trial.set_constraint("budget", cost/budget - 1)``
   (≤ 0 is feasible) for the candidate it stands for; ``constraints_func`` is deprecated in
   Optuna 5.0. CMA-ES ignores constraints, so it only runs with repair.
-- **Warm start.** The uniform allocation is enqueued as the first trial (METHODS.md §3c), so
+- **Warm start.** The uniform allocation is enqueued as the first trial, so
   the search never returns less than the uniform baseline as judged by ``evaluate``.
 - **Several processes.** With a stored study, ``join`` lets other processes (the service's
   search helpers) ask and tell on the same study while ``allocate`` leads it; everyone stops when
@@ -48,16 +48,16 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import optuna
 import sqlalchemy.exc
-from optuna.distributions import FloatDistribution
+from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.trial import TrialState
 
-from solvers.base import Allocation, AllocationProblem, Allocator, GroupSpec, largest_feasible
+from solvers.base import Allocation, AllocationProblem, Allocator, AllocatorContext, GroupSpec, largest_feasible
 from solvers.uniform import Uniform
 
 SAMPLERS = ("nsga2", "cmaes")
@@ -78,6 +78,18 @@ class Evolution(Allocator):
 
     needs = frozenset({"evaluate"})
     budgets = frozenset({"flops", "params", "latency_ms"})
+    summary = "Optuna evolutionary search scored by adaptive-BN accuracy (slow, minutes)"
+    joinable = True
+
+    @dataclass(frozen=True)
+    class Options:
+        search_trials: int | None = field(
+            default=None, metadata={"help": "candidates the search evaluates (default 60)", "min": 1, "max": 2000}
+        )
+
+    @classmethod
+    def configure(cls, options: Any, context: AllocatorContext) -> Evolution:
+        return cls() if options.search_trials is None else cls(trials=options.search_trials)
 
     def __init__(self, trials: int = 60, sampler: str = "nsga2", population: int = 16, repair: bool = True) -> None:
         if trials < 1:
@@ -158,12 +170,13 @@ class Evolution(Allocator):
         space = self._space(problem)
         added = 0
         with _quiet_optuna(), _storage(problem.storage) as storage:
+            assert storage is not None  # problem.storage was checked above
             study = _wait_for_study(storage, problem.study_name, self._sampler(seed), should_stop, wait_s, poll_s)
             if study is not None:
                 added = self._search(study, space, problem, label, should_stop)
         return {"study_name": problem.study_name, "joined": study is not None, "trials_added": added}
 
-    def _space(self, problem: AllocationProblem) -> dict[str, FloatDistribution]:
+    def _space(self, problem: AllocationProblem) -> dict[str, BaseDistribution]:
         """One keep ratio per group that has a choice (``min_units < units``)."""
         return {g.id: FloatDistribution(g.min_units / g.units, 1.0) for g in problem.groups if g.min_units < g.units}
 
@@ -189,13 +202,15 @@ class Evolution(Allocator):
                 rejected.append((trial.number, candidate["cost_fraction"] * problem.budget))
             else:
                 keep = {g: int(n) for g, n in candidate["keep"].items()}
-                evaluated.append(_Evaluated(keep=keep, cost=problem.cost(keep), score=float(trial.value), trial=trial.number))
+                evaluated.append(
+                    _Evaluated(keep=keep, cost=problem.cost(keep), score=float(trial.value), trial=trial.number)
+                )
         return evaluated, rejected, by
 
     def _search(
         self,
         study: optuna.Study,
-        space: dict[str, FloatDistribution],
+        space: dict[str, BaseDistribution],
         problem: AllocationProblem,
         label: str,
         should_stop: Callable[[], bool] | None = None,
@@ -205,6 +220,7 @@ class Evolution(Allocator):
 
         The first trial is the enqueued uniform allocation, which is feasible.
         """
+        assert problem.evaluate is not None  # checked by allocate and join
         ran = 0
         while (finished := _finished(study)) < self.trials and not (should_stop is not None and should_stop()):
             if problem.report is not None:
@@ -284,7 +300,7 @@ def _finished(study: optuna.Study) -> int:
 
 
 def _wait_for_study(
-    storage: optuna.storages.BaseStorage | None,
+    storage: optuna.storages.BaseStorage,
     name: str,
     sampler: optuna.samplers.BaseSampler,
     should_stop: Callable[[], bool],

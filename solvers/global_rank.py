@@ -5,10 +5,8 @@ square: the per-layer L2 normalisation of Molchanov et al. 2017 (applied to ever
 times √n for a group of n units. **Simplification of the paper, on purpose:** after plain L2
 normalisation a group's scores average about 1/√n, so wide layers look unimportant because they
 are wide. Molchanov prunes one map at a time with fine-tuning and a FLOPs penalty in between,
-which hides that; cut in one shot it collapses them. On digits, a ResNet-20 at half the MACs
-kept 15% of its params and 69.2% top-1 after one fine-tune epoch (L2; attribution scores:
-layer3 cut to 7 of 64 channels, 15.6%), against 55% of its params and 74.2% (RMS; attribution
-67.5%; uniform-L1 67.8%). Torch-Pruning's default ``normalizer="mean"`` removes the same bias.
+which hides that; cut in one shot it collapses them (measured: docs/methods.md#global).
+Torch-Pruning's default ``normalizer="mean"`` removes the same bias.
 Each group keeps
 at least its ``min_units`` best units; the remaining units are ranked together and the longest
 prefix of the ranking that fits the budget is kept (bisection on the real cost function, which
@@ -56,6 +54,11 @@ def keep_best_prefix(problem: AllocationProblem, unit_scores: Mapping[str, np.nd
 
 
 class GlobalRank(Allocator):
+    """One network-wide ranking of per-layer RMS-normalised channel scores, kept best-first to the budget."""
+
+    default_criterion = "taylor"
+    summary = "one network-wide ranking of normalised channel scores (fast, data-driven widths)"
+
     def allocate(self, problem: AllocationProblem) -> Allocation:
         return keep_best_prefix(problem, {g.id: rms_normalised(problem.unit_scores(g)) for g in problem.groups})
 

@@ -1,4 +1,4 @@
-"""NAP allocation (Zeng, Xiong & Urtasun, 2021; METHODS.md §1.3): one global ranking of saliencies.
+"""NAP allocation (Zeng, Xiong & Urtasun, 2021; docs/methods.md#nap): one global ranking of saliencies.
 
 Fed K-FAC/OBS saliencies (``importance/kfac.py``), every score is an estimate of the same scalar,
 the increase of the training loss when the channel goes. So, unlike :class:`GlobalRank`, NAP does
@@ -8,12 +8,12 @@ per-layer ratios fall out with no per-layer knobs.
 
 - A unit of a group-conv group is ``blocks`` channels removed together; under the block-diagonal
   curvature their losses add, so a unit scores the *sum* of its channels (not the mean).
-- ``per_cost=True`` ranks by loss increase per unit of cost saved, s / ΔC, the variant §1.3 gives
-  for FLOPs targets [D]. ΔC is the cost one unit of the group saves at full width (the marginal
+- ``per_cost=True`` ranks by loss increase per unit of cost saved, s / ΔC, a variant (ours, not
+  the paper's) for FLOPs targets. ΔC is the cost one unit of the group saves at full width (the marginal
   of the real cost function; it shrinks as neighbours are pruned, which the ranking ignores).
-- The per-layer cap against layer collapse (§1.3, §1.6) is the problem's ``min_units``.
+- The per-layer cap against layer collapse is the problem's ``min_units``.
 
-The iterative algorithm of §1.4 (prune a step, re-estimate the curvature, repeat) is a pipeline
+NAP's iterative algorithm (prune a step, re-estimate the curvature, repeat) is a pipeline
 schedule, not an allocator: each step builds a fresh problem from re-computed saliencies.
 """
 
@@ -33,6 +33,9 @@ class NAP(Allocator):
     Diagnostics: the ranking's (``ranked_units``, ``kept_units``, ``threshold``) and, for the
     report's plot, ``group_median_score``: the median ranked score of each group (4 digits).
     """
+
+    default_criterion = "kfac"
+    summary = "NAP: network-wide ranking of K-FAC/OBS loss-increase saliencies"
 
     def __init__(self, per_cost: bool = False) -> None:
         if not isinstance(per_cost, bool):

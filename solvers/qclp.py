@@ -7,7 +7,7 @@ released code hands this to SLSQP from x = 1. With b_ij ≥ 0 the constraint set
 (the quadratic form is indefinite), so SLSQP returns a local KKT point. Here the width
 variables are the channel groups, F is the project's exact closed form
 (``AllocationProblem.quadratic_cost``, in channels kept, turned into ratios), and one of two
-convex programs is solved to global optimality (METHODS.md §10.2):
+convex programs is solved to global optimality (docs/methods.md#itpruner):
 
 - ``"gp"`` (default): the geometric program max Π x_i^{α_i} (i.e. Σ α_i log x_i) s.t.
   F(x) − F(0) ≤ F_target − F(0), lower ≤ x ≤ 1. The constraint is the exact cost (a posynomial
@@ -144,6 +144,7 @@ class ITPruner(Allocator):
 
     needs = frozenset({"quadratic_cost", "layer_importance"})
     budgets = frozenset({"flops", "params"})
+    summary = "ITPruner: nHSIC layer importance, widths from a convex program"
 
     def __init__(self, formulation: str = "gp", solver: str = "CLARABEL") -> None:
         import cvxpy as cp

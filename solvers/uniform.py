@@ -13,6 +13,8 @@ class Uniform(Allocator):
     unit while ratios stay equal up to one unit per group.
     """
 
+    summary = "the same keep ratio in every layer (the baseline)"
+
     def __init__(self, iterations: int = 40) -> None:
         self.iterations = iterations
 

@@ -47,7 +47,7 @@ def digits():
 def trained_resnet20(tmp_path_factory) -> Path:
     """ResNet-20 trained for three epochs on digits (≈85% top-1): a real model to prune."""
     from autoprune.pipeline import train_baseline
-    from autoprune.types import FinetuneConfig
+    from autoprune.spec import FinetuneConfig
 
     path = tmp_path_factory.mktemp("weights") / "resnet20-digits.safetensors"
     result = train_baseline("resnet20", "digits", path, epochs=3, cfg=FinetuneConfig(lr=0.1, distill=False))

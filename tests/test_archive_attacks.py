@@ -69,37 +69,75 @@ def _attacks(tmp: Path) -> dict[str, tuple[Path, ArchiveLimits, str]]:
         "zip-traversal": (_zip(tmp / "t.zip", [*GOOD, ("../evil", b"x")]), default, "'../evil' climbs out"),
         "zip-absolute": (_zip(tmp / "a.zip", [*GOOD, (str(outside), b"x")]), default, "absolute path"),
         "zip-backslash": (_zip(tmp / "b.zip", [*GOOD, ("..\\evil", b"x")]), default, "backslash"),
-        "zip-symlink": (_zip(tmp / "s.zip", [*GOOD, (_zip_symlink("link", "/etc/passwd"), b"/etc/passwd")]),
-                        default, "'link' is a symlink"),
-        "zip-bomb-member": (bomb_zip, ArchiveLimits(max_member_bytes=1 << 20, max_ratio=1e9),
-                            "'zeros.bin'.*max_member_bytes"),
+        "zip-symlink": (
+            _zip(tmp / "s.zip", [*GOOD, (_zip_symlink("link", "/etc/passwd"), b"/etc/passwd")]),
+            default,
+            "'link' is a symlink",
+        ),
+        "zip-bomb-member": (
+            bomb_zip,
+            ArchiveLimits(max_member_bytes=1 << 20, max_ratio=1e9),
+            "'zeros.bin'.*max_member_bytes",
+        ),
         "zip-bomb-total": (bomb_zip, ArchiveLimits(max_total_bytes=10 << 20, max_ratio=1e9), "max_total_bytes"),
         "zip-bomb-ratio": (bomb_zip, default, "max_ratio=200"),
-        "zip-too-many": (_zip(tmp / "m.zip", [(f"f{i}", b"x") for i in range(10)]), ArchiveLimits(max_members=5),
-                         "max_members=5"),
-        "tar-traversal": (_tar(tmp / "t.tar", [*good_tar, (_tar_member("ok/../../evil"), b"x")]), default,
-                          "climbs out"),
+        "zip-too-many": (
+            _zip(tmp / "m.zip", [(f"f{i}", b"x") for i in range(10)]),
+            ArchiveLimits(max_members=5),
+            "max_members=5",
+        ),
+        "tar-traversal": (
+            _tar(tmp / "t.tar", [*good_tar, (_tar_member("ok/../../evil"), b"x")]),
+            default,
+            "climbs out",
+        ),
         "tar-absolute": (_tar(tmp / "a.tar", [*good_tar, (_tar_member(str(outside)), b"x")]), default, "absolute"),
-        "tar-symlink": (_tar(tmp / "s.tar", [*good_tar, (_tar_member("link", tarfile.SYMTYPE, "/etc"), b"")]),
-                        default, "'link' is a symlink"),
+        "tar-symlink": (
+            _tar(tmp / "s.tar", [*good_tar, (_tar_member("link", tarfile.SYMTYPE, "/etc"), b"")]),
+            default,
+            "'link' is a symlink",
+        ),
         "tar-symlink-then-write": (
-            _tar(tmp / "sw.tar", [(_tar_member("d", tarfile.SYMTYPE, str(tmp / "outside")), b""),
-                                  (_tar_member("d/evil"), b"x")]), default, "'d' is a symlink"),
-        "tar-hardlink": (_tar(tmp / "h.tar", [*good_tar, (_tar_member("hard", tarfile.LNKTYPE, "../outside/x"), b"")]),
-                         default, "'hard' is a hard link"),
+            _tar(
+                tmp / "sw.tar",
+                [(_tar_member("d", tarfile.SYMTYPE, str(tmp / "outside")), b""), (_tar_member("d/evil"), b"x")],
+            ),
+            default,
+            "'d' is a symlink",
+        ),
+        "tar-hardlink": (
+            _tar(tmp / "h.tar", [*good_tar, (_tar_member("hard", tarfile.LNKTYPE, "../outside/x"), b"")]),
+            default,
+            "'hard' is a hard link",
+        ),
         "tar-fifo": (_tar(tmp / "f.tar", [*good_tar, (_tar_member("pipe", tarfile.FIFOTYPE), b"")]), default, "FIFO"),
-        "tar-device": (_tar(tmp / "c.tar", [*good_tar, (_tar_member("dev", tarfile.CHRTYPE), b"")]), default,
-                       "character device"),
+        "tar-device": (
+            _tar(tmp / "c.tar", [*good_tar, (_tar_member("dev", tarfile.CHRTYPE), b"")]),
+            default,
+            "character device",
+        ),
         "tar-duplicate": (_tar(tmp / "d.tar", [*good_tar, (_tar_member("ok/a.txt"), b"again")]), default, "duplicated"),
-        "tar-too-many": (_tar(tmp / "m.tar", [(_tar_member(f"f{i}"), b"x") for i in range(10)]),
-                         ArchiveLimits(max_members=5), "max_members=5"),
-        "tar-member-bytes": (_tar(tmp / "big.tar", [*good_tar, (_tar_member("big"), bytes(3000))]),
-                             ArchiveLimits(max_member_bytes=2048), "'big'.*max_member_bytes"),
-        "tar-pax-header-bomb": (_tar(tmp / "pax.tar", [(_pax_member("a.txt", 3 << 20), b"x")]),
-                                ArchiveLimits(max_total_bytes=1 << 20, max_members=10), "bytes of tar stream"),
+        "tar-too-many": (
+            _tar(tmp / "m.tar", [(_tar_member(f"f{i}"), b"x") for i in range(10)]),
+            ArchiveLimits(max_members=5),
+            "max_members=5",
+        ),
+        "tar-member-bytes": (
+            _tar(tmp / "big.tar", [*good_tar, (_tar_member("big"), bytes(3000))]),
+            ArchiveLimits(max_member_bytes=2048),
+            "'big'.*max_member_bytes",
+        ),
+        "tar-pax-header-bomb": (
+            _tar(tmp / "pax.tar", [(_pax_member("a.txt", 3 << 20), b"x")]),
+            ArchiveLimits(max_total_bytes=1 << 20, max_members=10),
+            "bytes of tar stream",
+        ),
         "tgz-bomb-ratio": (tmp / "bomb.tar.gz", default, "max_ratio=200"),
-        "tgz-bomb-total": (tmp / "bomb.tar.gz", ArchiveLimits(max_total_bytes=4 << 20, max_ratio=1e9),
-                           "max_total_bytes"),
+        "tgz-bomb-total": (
+            tmp / "bomb.tar.gz",
+            ArchiveLimits(max_total_bytes=4 << 20, max_ratio=1e9),
+            "max_total_bytes",
+        ),
     }
 
 
@@ -111,10 +149,26 @@ def attacks(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, t
 
 
 ATTACK_NAMES = [
-    "zip-traversal", "zip-absolute", "zip-backslash", "zip-symlink", "zip-bomb-member", "zip-bomb-total",
-    "zip-bomb-ratio", "zip-too-many", "tar-traversal", "tar-absolute", "tar-symlink", "tar-symlink-then-write",
-    "tar-hardlink", "tar-fifo", "tar-device", "tar-duplicate", "tar-too-many", "tar-member-bytes",
-    "tar-pax-header-bomb", "tgz-bomb-ratio",
+    "zip-traversal",
+    "zip-absolute",
+    "zip-backslash",
+    "zip-symlink",
+    "zip-bomb-member",
+    "zip-bomb-total",
+    "zip-bomb-ratio",
+    "zip-too-many",
+    "tar-traversal",
+    "tar-absolute",
+    "tar-symlink",
+    "tar-symlink-then-write",
+    "tar-hardlink",
+    "tar-fifo",
+    "tar-device",
+    "tar-duplicate",
+    "tar-too-many",
+    "tar-member-bytes",
+    "tar-pax-header-bomb",
+    "tgz-bomb-ratio",
     "tgz-bomb-total",
 ]
 
@@ -145,8 +199,11 @@ def test_attack_table_matches_parametrisation(attacks: tuple[Path, dict]) -> Non
 def test_good_archives_extract(tmp_path: Path) -> None:
     z = _zip(tmp_path / "good.zip", [("./", b""), *GOOD], zipfile.ZIP_DEFLATED)
     assert sorted(p.name for p in extract_archive(z, tmp_path / "z").rglob("*")) == ["a.txt", "b.txt", "ok"]
-    t = _tar(tmp_path / "good.tar.gz", [(_tar_member("ok", tarfile.DIRTYPE), b""),
-                                        *[(_tar_member(n), d) for n, d in GOOD]], mode="w:gz")
+    t = _tar(
+        tmp_path / "good.tar.gz",
+        [(_tar_member("ok", tarfile.DIRTYPE), b""), *[(_tar_member(n), d) for n, d in GOOD]],
+        mode="w:gz",
+    )
     out = extract_archive(t, tmp_path / "t")
     assert (out / "ok" / "b.txt").read_bytes() == b"also fine"
     with pytest.raises(DataError, match="must be an empty directory"):

@@ -23,8 +23,12 @@ def tiny(copy_filter: bool = False) -> nn.Sequential:
     """conv → BN → in-place ReLU → pool → fc; optionally filter 1 an exact copy of filter 0."""
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(inplace=True),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4),
+        nn.Conv2d(3, 6, 3, padding=1, bias=False),
+        nn.BatchNorm2d(6),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 4),
     )
     with torch.no_grad():  # non-trivial BN, so post-ReLU maps have zeros and differ from BN outputs
         net[1].weight.uniform_(0.5, 1.5)

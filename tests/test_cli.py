@@ -26,13 +26,41 @@ def test_help_documents_every_flag():
     text = prune.format_help()
     for name in ("uniform", "global", "nap", "itpruner", "evolution", "halp", "kfac", "chip", "attribution"):
         assert name in text
-    for flag in ("--arch", "--weights", "--data", "--budget", "--method", "--criterion", "--finetune-epochs", "--seed", "--out", "--runtime"):
+    for flag in (
+        "--arch",
+        "--weights",
+        "--data",
+        "--budget",
+        "--method",
+        "--criterion",
+        "--finetune-epochs",
+        "--seed",
+        "--out",
+        "--runtime",
+    ):
         assert flag in text
 
 
 @pytest.fixture
 def base(tmp_path):
-    return ["prune", "--arch", "resnet20", "--data", "digits", "--budget", "flops=0.5", "--finetune-epochs", "0", "--no-onnx", "--no-pt2", "--latency-repeats", "2", "--out", str(tmp_path / "o")]
+    return [
+        "prune",
+        "--arch",
+        "resnet20",
+        "--data",
+        "digits",
+        "--budget",
+        "flops=0.5",
+        "--finetune-epochs",
+        "0",
+        "--exports",
+        "none",
+        "--no-ensure-faster",
+        "--latency-repeats",
+        "2",
+        "--out",
+        str(tmp_path / "o"),
+    ]
 
 
 def with_flag(argv: list[str], flag: str, value: str) -> list[str]:
@@ -120,8 +148,9 @@ def test_a_prune_in_a_log_prints_each_stage_as_it_goes_and_a_summary(capsys, bas
     assert code == 0, output
     lines = [line.split() for line in output.splitlines() if re.match(r"\[\d\d:\d\d:\d\d\] \w+ +\d+\.\d%", line)]
     stages = list(dict.fromkeys(line[1] for line in lines))
-    assert stages == ["intake", "baseline", "importance", "allocation", "surgery", "export"], output
+    assert stages == ["intake", "baseline", "importance", "allocation", "surgery", "export", "timing"], output
     finished = {stage: sum(line[1] == stage and line[2] == "100.0%" for line in lines) for stage in stages}
-    assert finished == {"intake": 1, "baseline": 1, "importance": 2, "allocation": 2, "surgery": 2, "export": 1}, output
+    once = {"intake": 1, "baseline": 1, "export": 1, "timing": 1}
+    assert finished == {**once, "importance": 2, "allocation": 2, "surgery": 2}, output
     assert len(lines) <= 5 * sum(finished.values())  # a line per quarter at most, not one per update
     assert "MACs (M)" in output and "top-1 (%)" in output and (tmp_path / "o" / "report.json").exists()

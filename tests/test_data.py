@@ -60,12 +60,19 @@ def test_subset_is_deterministic_and_keeps_stats(digits: ImageData) -> None:
 def test_imagedata_rejects_malformed_tensors(digits: ImageData) -> None:
     with pytest.raises(DataError, match="labels must lie in"):
         ImageData.build(
-            name="bad", train_x=digits.train_x, train_y=digits.train_y, test_x=digits.test_x,
-            test_y=digits.test_y, num_classes=3,
+            name="bad",
+            train_x=digits.train_x,
+            train_y=digits.train_y,
+            test_x=digits.test_x,
+            test_y=digits.test_y,
+            num_classes=3,
         )
     with pytest.raises(DataError, match="uint8 NCHW"):
         ImageData.build(
-            name="bad", train_x=digits.train_x.float(), train_y=digits.train_y, test_x=digits.test_x,
+            name="bad",
+            train_x=digits.train_x.float(),
+            train_y=digits.train_y,
+            test_x=digits.test_x,
             test_y=digits.test_y,
         )
 
@@ -120,8 +127,9 @@ def test_augment_is_seeded_and_crops_and_flips(digits: ImageData) -> None:
 # --- npz -------------------------------------------------------------------------------------
 
 
-def _write_npz(directory: Path, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
-               prefix: str = "toy-") -> Path:
+def _write_npz(
+    directory: Path, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], prefix: str = "toy-"
+) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     np.savez(directory / f"{prefix}train.npz", x=train[0], y=train[1])
     np.savez(directory / f"{prefix}test.npz", x=test[0], y=test[1])
@@ -153,8 +161,9 @@ def test_npz_layouts(tmp_path: Path, shape: tuple[int, ...], to_nchw: Callable[[
 
 
 def test_plain_train_test_npz_names(tmp_path: Path) -> None:
-    d = _write_npz(tmp_path / "plain", (_images(4, (8, 8, 3)), np.arange(4)), (_images(2, (8, 8, 3)), np.arange(2)),
-                   prefix="")
+    d = _write_npz(
+        tmp_path / "plain", (_images(4, (8, 8, 3)), np.arange(4)), (_images(2, (8, 8, 3)), np.arange(2)), prefix=""
+    )
     assert load_data(f"npz:{d}").input_shape == (3, 8, 8)
 
 

@@ -21,17 +21,18 @@ from nets import TinyResNeXt
 from torch import nn
 
 from autoprune.adaptive_bn import make_evaluator
+from autoprune.catalog import criterion_names
 from autoprune.compensate import compensated_cut
 from autoprune.data import ImageData, iterate_batches
 from autoprune.device import check_device_name, model_device, on_device, resolve_device
 from autoprune.errors import BudgetError
 from autoprune.finetune import evaluate, finetune
 from autoprune.graph import build_graph
-from autoprune.importance import CRITERIA, get_criterion
+from autoprune.importance import get_criterion
 from autoprune.importance.hsic import layer_importance
 from autoprune.importance.kfac import KFAC, kfac_factors, kfac_layers
+from autoprune.spec import FinetuneConfig
 from autoprune.surgery import make_plan
-from autoprune.types import FinetuneConfig
 
 EXAMPLE = torch.zeros(1, 3, 32, 32)
 CPU = torch.device("cpu")
@@ -171,7 +172,7 @@ def test_finetune_teacher_follows_the_student(digits, lazy):
     assert_same_parameters(student, reference, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", CRITERIA.names())
+@pytest.mark.parametrize("name", criterion_names())
 def test_every_criterion_follows_the_model(name, digits, lazy):
     """Scores on the lazy device (graph traced on the CPU, then the model moved) equal the CPU's."""
     criterion = get_criterion(name)
@@ -241,9 +242,7 @@ def test_compensated_cut_runs_on_the_model_device(digits, lazy):
     assert model_device(pruned) == lazy
     assert_same_parameters(pruned, expected, rtol=1e-5, atol=1e-6)
     # factors left on another device than the model: the update is made where the weights are
-    assert_same_parameters(
-        compensated_cut(model, graph, factors, plan, EXAMPLE), expected, rtol=1e-5, atol=1e-6
-    )
+    assert_same_parameters(compensated_cut(model, graph, factors, plan, EXAMPLE), expected, rtol=1e-5, atol=1e-6)
 
 
 # --- CUDA ----------------------------------------------------------------------------------------
@@ -285,7 +284,7 @@ def test_stages_on_cuda_match_the_cpu(digits, exact_cuda):
     assert abs(cuda_eval.accuracy - cpu_eval.accuracy) <= 1 / len(digits.test_y)
 
     batches = calibration(digits)
-    for name in CRITERIA.names():
+    for name in criterion_names():
         criterion = get_criterion(name)
         expected = criterion.score(build_graph(resnext(), EXAMPLE), batches if criterion.needs_data else None)
         graph = build_graph(resnext(), EXAMPLE)

@@ -19,7 +19,7 @@ from autoprune.finetune import finetune
 from autoprune.graph import build_graph
 from autoprune.importance import get_criterion
 from autoprune.measure import CostModel, count_cost
-from autoprune.types import FinetuneConfig
+from autoprune.spec import FinetuneConfig
 from solvers import AllocationProblem, GroupSpec, InfeasibleBudget
 from solvers.evolution import Evolution
 from solvers.uniform import Uniform
@@ -275,7 +275,9 @@ def test_a_stored_search_interrupted_midway_continues_where_it_stopped(tmp_path)
     first = list(calls)
     calls.clear()
     allocation = Evolution(trials=12, population=4).allocate(
-        linear_problem(storage=url, study_name="job-1", evaluate=lambda keep: calls.append(dict(keep)) or log_utility(keep))
+        linear_problem(
+            storage=url, study_name="job-1", evaluate=lambda keep: calls.append(dict(keep)) or log_utility(keep)
+        )
     )
     assert allocation.diagnostics["resumed_trials"] == 5  # repair: every trial is evaluated, none rejected
     assert len(calls) == 12 - 5  # only the missing trials are evaluated again

@@ -12,8 +12,8 @@ from autoprune.finetune import distillation_loss, evaluate, finetune
 from autoprune.graph import build_graph
 from autoprune.importance import get_criterion
 from autoprune.models import load_weights
+from autoprune.spec import Budget, FinetuneConfig
 from autoprune.surgery import apply_plan, make_plan
-from autoprune.types import Budget, FinetuneConfig
 
 
 def test_distillation_loss_is_t2_scaled_kl():
@@ -36,7 +36,9 @@ def test_finetuning_is_deterministic_under_a_seed(digits):
 def test_cancel_stops_at_the_next_step(digits):
     calls = []
     with pytest.raises(CancelledError):
-        finetune(build("resnet20"), digits, FinetuneConfig(epochs=1), should_stop=lambda: calls.append(1) or len(calls) > 2)
+        finetune(
+            build("resnet20"), digits, FinetuneConfig(epochs=1), should_stop=lambda: calls.append(1) or len(calls) > 2
+        )
     assert len(calls) == 3
 
 
@@ -50,7 +52,14 @@ def test_finetuning_recovers_accuracy_of_a_pruned_model(digits, trained_resnet20
     pruned = apply_plan(model, x, make_plan(graph, scores, allocation.keep))
     before = evaluate(pruned, digits).accuracy
     progress = []
-    history = finetune(pruned, digits, FinetuneConfig(epochs=2, lr=0.02), teacher=model, seed=0, on_progress=lambda f, m: progress.append(f))
+    history = finetune(
+        pruned,
+        digits,
+        FinetuneConfig(epochs=2, lr=0.02),
+        teacher=model,
+        seed=0,
+        on_progress=lambda f, m: progress.append(f),
+    )
     after = evaluate(pruned, digits).accuracy
     assert after > before + 0.05 and after > 0.6
     assert len(history) == 2 and progress[-1] == pytest.approx(1.0)

@@ -25,7 +25,9 @@ def random_plan(graph, seed: int = 0) -> PruningPlan:
         units = rng.randint(1, max(1, g.block_size - 1))
         positions = sorted(rng.sample(range(g.block_size), units))
         keep[g.id] = [p + b * g.block_size for b in range(g.blocks) for p in positions]
-    return PruningPlan.from_keep(keep, {g.id: g.channels for g in graph.groups}, ignore=graph.ignore, skipped=graph.skipped)
+    return PruningPlan.from_keep(
+        keep, {g.id: g.channels for g in graph.groups}, ignore=graph.ignore, skipped=graph.skipped
+    )
 
 
 @pytest.fixture(scope="module", params=ARCHS)
@@ -117,8 +119,8 @@ def test_layers_the_graph_cannot_cut_are_left_whole_with_a_warning_and_the_budge
 
     from autoprune.allocate import ProblemInputs, allocate
     from autoprune.importance import get_criterion
+    from autoprune.spec import Budget
     from autoprune.surgery import make_plan
-    from autoprune.types import Budget
 
     torch.manual_seed(0)
     model = FoldNet().eval()

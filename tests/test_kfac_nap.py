@@ -22,8 +22,8 @@ from autoprune.importance.kfac import (
     sample_labels,
 )
 from autoprune.measure import count_cost
+from autoprune.spec import Budget
 from autoprune.surgery import apply_plan, make_plan
-from autoprune.types import Budget
 from solvers import AllocationProblem, GroupSpec, get_allocator
 from solvers.base import QuadraticCost
 from solvers.nap import NAP

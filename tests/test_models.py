@@ -32,11 +32,7 @@ def count_macs(model: nn.Module, size: int) -> int:
         else:
             total += mod.in_features * mod.out_features
 
-    handles = [
-        m.register_forward_hook(hook)
-        for m in model.modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear))
-    ]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     model.eval()
     with torch.no_grad():
         model(torch.zeros(1, 3, size, size))
@@ -72,9 +68,7 @@ def outputs(model: nn.Module) -> torch.Tensor:
         ("cifar_vgg16_bn", (313.0e6, 314.0e6), (14.97e6, 15.0e6)),
     ],
 )
-def test_cifar_sizes_match_the_papers(
-    arch: str, macs: tuple[float, float], params: tuple[float, float]
-) -> None:
+def test_cifar_sizes_match_the_papers(arch: str, macs: tuple[float, float], params: tuple[float, float]) -> None:
     model = create_model(arch)
     assert macs[0] <= count_macs(model, 32) <= macs[1]
     assert params[0] <= n_params(model) <= params[1]
@@ -182,9 +176,7 @@ def test_shape_mismatch_names_the_parameter(tmp_path: Path, resnet20: nn.Module)
     torch.save(sd, path)
     with pytest.raises(ModelIntakeError) as info:
         load_weights(create_model("resnet20"), path)
-    assert str(info.value) == (
-        "layer1.0.conv1.weight: file has (16, 3, 3, 3), model expects (16, 16, 3, 3)"
-    )
+    assert str(info.value) == ("layer1.0.conv1.weight: file has (16, 3, 3, 3), model expects (16, 16, 3, 3)")
 
 
 def test_missing_and_unexpected_keys(tmp_path: Path, resnet20: nn.Module) -> None:

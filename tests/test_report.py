@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from autoprune.pipeline import run
-from autoprune.report import write_report_files
-from autoprune.types import Budget, FinetuneConfig, JobSpec
+from autoprune.report.write import write_report_files
+from autoprune.spec import Budget, FinetuneConfig, JobSpec
 from solvers import AllocationProblem, GroupSpec
 from solvers import evolution as evolution_module
 from solvers.evolution import Evolution
@@ -61,11 +61,11 @@ def itpruner_run(tmp_path_factory):
         finetune=FinetuneConfig(epochs=2, max_steps_per_epoch=2),
         calibration_batches=2,
         latency_repeats=3,
-        export_onnx=False,
-        export_pt2=False,
+        exports=(),
+        ensure_faster=False,
         out_dir=str(out / "run"),
     )
-    return run(spec)
+    return run(spec).to_dict()
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +243,7 @@ def test_halps_saliency_per_cost_is_plotted(itpruner_run, tmp_path):
     report = copy.deepcopy(itpruner_run)
     diagnostics = report["allocation"][0]
     groups = list(diagnostics.pop("layer_weights"))
-    diagnostics["saliency_per_cost"] = {g: 10.0 ** -i for i, g in enumerate(groups)}  # log axis
+    diagnostics["saliency_per_cost"] = {g: 10.0**-i for i, g in enumerate(groups)}  # log axis
     paths = write_report_files(tmp_path, report)
     assert "search.png" in [p.name for p in paths]
     assert "(in report.json), plotted in search.png" in (tmp_path / "report.html").read_text()

@@ -15,8 +15,8 @@ from autoprune.errors import BudgetError, UnknownNameError
 from autoprune.graph import build_graph
 from autoprune.importance import get_criterion
 from autoprune.measure import count_cost
+from autoprune.spec import Budget
 from autoprune.surgery import apply_plan, make_plan
-from autoprune.types import Budget
 from solvers import ALLOCATORS, AllocationProblem, GroupSpec, InfeasibleBudget, get_allocator
 from solvers.evolution import Evolution
 
@@ -174,7 +174,7 @@ def test_snapping_to_a_channel_step_keeps_multiples_and_the_budget():
 
 def test_the_default_method_follows_the_budget_kind():
     """``auto`` (the default) is global for MACs/params budgets and HALP for latency; names pass through."""
-    from autoprune.types import DEFAULT_METHOD, Budget, JobSpec
+    from autoprune.spec import DEFAULT_METHOD, Budget, JobSpec
 
     def spec(budget: str, **method) -> JobSpec:
         return JobSpec(arch="resnet20", data="digits", budget=Budget.parse(budget), out_dir="-", **method)

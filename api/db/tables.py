@@ -32,6 +32,8 @@ class JobRow(Base):
         Index("ix_jobs_owner_created", "owner", "created_at"),
         Index("ix_jobs_parent", "parent_id"),
         Index("ux_jobs_owner_idempotency", "owner", "idempotency_key", unique=True),  # NULL keys never collide
+        Index("ix_jobs_owner_status", "owner", "status"),
+        Index("ix_jobs_finished", "status", "finished_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -59,6 +61,17 @@ class JobRow(Base):
     # the submitter's Idempotency-Key, and the SHA-256 of the request it came with (a replay must match)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     request_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # inputs + artifacts on disk
+    stage_started_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # when the current stage began
+
+
+class OwnerTurnRow(Base):
+    """When each owner last had a job claimed: claims go to the owner served least recently."""
+
+    __tablename__ = "owner_turns"
+
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_claimed_at: Mapped[float] = mapped_column(Float)
 
 
 class ArtifactRow(Base):

@@ -15,10 +15,6 @@ class JobKind(str, enum.Enum):
     SEARCH = "search"
 
 
-# A parent job in one of these stages has finished its search: its helpers stop.
-SEARCH_OVER_STAGES = frozenset({"surgery", "finetune", "export", "done"})
-
-
 class JobStatus(str, enum.Enum):
     """``queued → running → succeeded | failed | cancelled``; ``running → queued`` on a retry."""
 
@@ -32,17 +28,38 @@ class JobStatus(str, enum.Enum):
         return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
+class Stage(str, enum.Enum):
+    """The pipeline stages the service knows, as ``autoprune.pipeline`` names them in its progress
+    reports (and the job row's ``stage`` stores them). The pipeline reports a few more (e.g.
+    ``latency_table``, ``resume``): the row stores those as they come, and they move no progress.
+    A ``str`` enum, so a stage read back from the row compares (and hashes) equal to its member."""
+
+    INTAKE = "intake"
+    BASELINE = "baseline"
+    IMPORTANCE = "importance"
+    ALLOCATION = "allocation"
+    SURGERY = "surgery"
+    FINETUNE = "finetune"
+    EXPORT = "export"
+    TIMING = "timing"
+    DONE = "done"
+
+
+# A parent job in one of these stages has finished its search: its helpers stop.
+SEARCH_OVER_STAGES: frozenset[str] = frozenset({Stage.SURGERY, Stage.FINETUNE, Stage.EXPORT, Stage.DONE})
+
 # Share of the whole run each pipeline stage covers (measured on small CIFAR nets: fine-tuning
 # dominates real jobs). Stages not listed (e.g. latency_table) keep the progress where it is.
 STAGE_SPANS: dict[str, tuple[float, float]] = {
-    "intake": (0.0, 0.03),
-    "baseline": (0.03, 0.08),
-    "importance": (0.08, 0.18),
-    "allocation": (0.18, 0.25),
-    "surgery": (0.25, 0.3),
-    "finetune": (0.3, 0.85),
-    "export": (0.85, 0.99),
-    "done": (0.99, 1.0),
+    Stage.INTAKE: (0.0, 0.03),
+    Stage.BASELINE: (0.03, 0.08),
+    Stage.IMPORTANCE: (0.08, 0.18),
+    Stage.ALLOCATION: (0.18, 0.25),
+    Stage.SURGERY: (0.25, 0.3),
+    Stage.FINETUNE: (0.3, 0.85),
+    Stage.EXPORT: (0.85, 0.93),
+    Stage.TIMING: (0.93, 0.99),
+    Stage.DONE: (0.99, 1.0),
 }
 
 
@@ -93,6 +110,8 @@ class Job:
     finished_at: float | None = None
     idempotency_key: str | None = None  #: the submitter's Idempotency-Key, unique per owner
     request_sha256: str | None = None  #: fingerprint of the submission, for checking a replay of that key
+    stored_bytes: int = 0  #: what the job keeps on disk: its inputs, then its artifacts too
+    stage_started_at: float | None = None  #: when the current stage began (this attempt)
     artifacts: tuple[Artifact, ...] = field(default=())
 
     @classmethod
@@ -117,3 +136,21 @@ class NewJob:
     search_helpers: int = 0  #: helper rows to queue with it (evolution searches spread over workers)
     idempotency_key: str | None = None
     request_sha256: str | None = None
+    stored_bytes: int = 0  #: the inputs' bytes
+
+
+@dataclass(frozen=True, kw_only=True)
+class Quota:
+    """Per-owner caps checked when a job is queued (0: none)."""
+
+    max_queued: int = 0  #: the owner's jobs waiting to run
+    max_stored_bytes: int = 0  #: what the owner's jobs keep on disk, this one included
+
+
+@dataclass(frozen=True, kw_only=True)
+class Usage:
+    """An owner's jobs: waiting, running, and bytes kept on disk."""
+
+    queued: int
+    running: int
+    stored_bytes: int

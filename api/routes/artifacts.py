@@ -29,4 +29,6 @@ def download_artifact(
 ) -> FileResponse:
     """The file, streamed; ``X-Content-SHA256`` carries its hash."""
     path, size, sha256 = service.artifact_path(owner, job.id, name)
-    return FileResponse(path, media_type="application/octet-stream", filename=name, headers={"X-Content-SHA256": sha256})
+    return FileResponse(
+        path, media_type="application/octet-stream", filename=name, headers={"X-Content-SHA256": sha256}
+    )

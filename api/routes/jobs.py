@@ -7,44 +7,16 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from api.deps import JobDep, OwnerDep, ServiceDep, StateDep, SubmitterDep
+from api.jobspec import openapi_form
 from api.schemas import ErrorBody, JobPublic, JobsPublic
 from api.uploads import read_form
-from autoprune.types import DEFAULT_METHOD
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 422, 429)}
 
-_JSON_FIELD = {"type": "string", "description": "JSON"}
-SUBMIT_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"multipart/form-data": {"schema": {
-            "type": "object",
-            "required": ["budget"],
-            "properties": {
-                "arch": {"type": "string", "description": "architecture name (or upload 'onnx')", "example": "resnet20"},
-                "onnx": {"type": "string", "format": "binary", "description": ".onnx classifier graph, instead of 'arch'"},
-                "weights": {"type": "string", "format": "binary",
-                            "description": ".safetensors or weights-only .pt/.pth (optional with 'onnx')"},
-                "dataset": {"type": "string", "description": "built-in dataset name", "example": "digits"},
-                "data": {"type": "string", "format": "binary", "description": ".zip/.tar/.tar.gz of an npz dir or image folder"},
-                "budget": {**_JSON_FIELD, "example": '{"flops": 0.5}'},
-                "method": {"type": "string", "example": DEFAULT_METHOD},
-                "criterion": {"type": "string", "example": "taylor"},
-                "finetune": {**_JSON_FIELD, "example": '{"epochs": 1, "max_steps_per_epoch": 4}'},
-                "search_workers": {"type": "string", "example": "1",
-                                   "description": "evolution: worker slots that share its search (1-8; flops/params budgets)"},
-                "search_trials": {"type": "string", "example": "60", "description": "evolution: candidates to evaluate (1-2000)"},
-                "channel_step": {"type": "string", "example": "8",
-                                 "description": "kept widths in multiples of this (1-64; 8 suits onnxruntime)"},
-            },
-        }}},
-    }
-}  # fmt: skip
-
 
 @router.post(
-    "", status_code=201, response_model=JobPublic, openapi_extra=SUBMIT_BODY,
+    "", status_code=201, response_model=JobPublic, openapi_extra=openapi_form(),
     responses={
         200: {"model": JobPublic, "description": "a repeat under the same Idempotency-Key: the job it queued"},
         **ERRORS, **{code: {"model": ErrorBody} for code in (400, 413, 415, 503)},
@@ -90,7 +62,15 @@ def get_job(job: JobDep) -> JobPublic:
     return JobPublic.of(job)
 
 
-@router.delete("/{job_id}", response_model=JobPublic, responses={**ERRORS, 409: {"model": ErrorBody}})
-def cancel_job(job: JobDep, owner: OwnerDep, service: ServiceDep) -> JobPublic:
-    """Cancel: a queued job at once; a running one is stopped by its worker (cancel_requested)."""
-    return JobPublic.of(service.cancel(owner, job.id))
+@router.delete(
+    "/{job_id}", response_model=JobPublic,
+    responses={**ERRORS, 204: {"description": "the finished job was deleted"}, 409: {"model": ErrorBody}},
+)  # fmt: skip
+def cancel_job(job: JobDep, owner: OwnerDep, service: ServiceDep) -> JobPublic | Response:
+    """Cancel or delete. A queued job is cancelled at once and a running one is stopped by its
+    worker (``cancel_requested``): 200 with the job. A finished job (succeeded, failed or
+    cancelled) is deleted with its inputs and artifacts: 204, and it is gone."""
+    cancelled = service.delete(owner, job.id)
+    if cancelled is None:
+        return Response(status_code=204)
+    return JobPublic.of(cancelled)

@@ -17,7 +17,8 @@ import signal
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
-from typing import Any
+
+from api.worker.messages import Attempt, ChildMessage
 
 
 class ChildHandle:
@@ -27,9 +28,9 @@ class ChildHandle:
         self.proc, self.conn, self.stop = proc, conn, stop
         self.closed = False
 
-    def events(self, timeout: float) -> list[tuple[Any, ...]]:
+    def events(self, timeout: float) -> list[ChildMessage]:
         """Messages that arrived within ``timeout``; none once the child's end is closed."""
-        out: list[tuple[Any, ...]] = []
+        out: list[ChildMessage] = []
         if self.closed:
             self.proc.join(timeout)
             return out
@@ -94,13 +95,13 @@ class ForkserverExecutor:
         proc.start()
         proc.join()
 
-    def start(self, payload: dict[str, Any]) -> ChildHandle:
+    def start(self, attempt: Attempt) -> ChildHandle:
         from api.worker import child
 
         parent_conn, child_conn = self.ctx.Pipe(duplex=False)
         stop = self.ctx.Event()
-        proc = self.ctx.Process(target=child.main, args=(payload, child_conn, stop),
-                                name=f"autoprune-job-{payload['job_id'][:8]}")  # fmt: skip
+        proc = self.ctx.Process(target=child.main, args=(attempt, child_conn, stop),
+                                name=f"autoprune-job-{attempt.job_id[:8]}")  # fmt: skip
         proc.start()
         child_conn.close()  # only the child holds the write end: its death reads as EOF
         return ChildHandle(proc, parent_conn, stop)

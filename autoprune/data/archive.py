@@ -129,8 +129,7 @@ class _Writer:
         self.members += 1
         if self.members > self.limits.max_members:
             raise UnsafeInputError(
-                f"{self.archive.name} has more than max_members={self.limits.max_members} members "
-                f"(refused at {name!r})"
+                f"{self.archive.name} has more than max_members={self.limits.max_members} members (refused at {name!r})"
             )
 
     def check_declared(self, sizes: list[tuple[str, int]]) -> None:
@@ -201,8 +200,7 @@ class _Writer:
     def _check_total(self, total: int, where: str) -> None:
         if total > self.limits.max_total_bytes:
             raise UnsafeInputError(
-                f"{self.archive.name} unpacks to more than max_total_bytes={self.limits.max_total_bytes} "
-                f"(at {where})"
+                f"{self.archive.name} unpacks to more than max_total_bytes={self.limits.max_total_bytes} (at {where})"
             )
         if total > self.limits.max_ratio * self.archive_bytes:
             raise UnsafeInputError(

@@ -22,9 +22,7 @@ CROP_PADDING = 4
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 images (..., C, H, W) → float32 ``(x/255 - mean)/std``, the form every model is fed."""
     if x.ndim < 3 or x.shape[-3] != len(mean) or len(mean) != len(std):
-        raise DataError(
-            f"cannot normalise images of shape {tuple(x.shape)} with {len(mean)} means and {len(std)} stds"
-        )
+        raise DataError(f"cannot normalise images of shape {tuple(x.shape)} with {len(mean)} means and {len(std)} stds")
     m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(-1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32, device=x.device).view(-1, 1, 1)
     return x.to(torch.float32).div_(255.0).sub_(m).div_(s)

@@ -27,6 +27,8 @@ ACCEPTED_FORMS = (
 )
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)  # what PIL raises for broken files
+NPY_HEADER_ALLOWANCE = 1 << 16  # an .npy member's header and padding, beyond its array's bytes
+RATIO_FREE_BYTES = 1 << 20  # members this small are not ratio-checked (tiny label arrays compress well)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +39,7 @@ class DataLimits:
     max_pixels_per_image: int = 4096 * 4096
     image_size: int = 32
     max_classes: int = 100_000
+    max_array_bytes: int = 4 << 30  #: an npz dataset's images (train and test together), once decompressed
     archive: ArchiveLimits = field(default_factory=ArchiveLimits)
 
 
@@ -93,8 +96,8 @@ def load_npz_dir(directory: Path, limits: DataLimits = DataLimits(), name: str |
     if not directory.is_dir():
         raise DataError(f"npz dataset directory {directory} does not exist or is not a directory")
     train_path, test_path = _find_npz(directory, "train"), _find_npz(directory, "test")
-    train_x, train_y = _read_npz(train_path, limits)
-    test_x, test_y = _read_npz(test_path, limits)
+    train_x, train_y = _read_npz(train_path, limits, limits.max_array_bytes)
+    test_x, test_y = _read_npz(test_path, limits, limits.max_array_bytes - train_x.nbytes)
     _check_count(len(train_x) + len(test_x), limits, str(directory))
     if train_x.shape[1:] != test_x.shape[1:]:
         raise DataError(
@@ -117,8 +120,10 @@ def _find_npz(directory: Path, split: str) -> Path:
     return found[0]
 
 
-def _read_npz(path: Path, limits: DataLimits) -> tuple[np.ndarray, np.ndarray]:
-    """(x as NCHW uint8, y as int64), checked from the .npy headers before the arrays are read."""
+def _read_npz(path: Path, limits: DataLimits, max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(x as NCHW uint8, y as int64), checked from the .npy headers and the zip directory before
+    the arrays are read: at most ``max_bytes`` of images, members no bigger than their headers say
+    and not compressed past the archive ratio (an .npz is a zip the outer archive's checks never see)."""
     try:
         npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
@@ -130,6 +135,7 @@ def _read_npz(path: Path, limits: DataLimits) -> tuple[np.ndarray, np.ndarray]:
         if missing:
             raise DataError(f"{path} lacks key(s) {missing}; it has {npz.files}")
         layout, x_shape, y_shape = _check_headers(npz, path, limits)
+        _check_sizes(npz, path, limits, x_shape, y_shape, max_bytes)
         try:
             x, y = npz["x"], npz["y"]
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
@@ -169,6 +175,37 @@ def _check_headers(
             f"{path}: images are {h}x{w}, more than max_pixels_per_image={limits.max_pixels_per_image}"
         )
     return layout, x_shape, y_shape
+
+
+def _check_sizes(
+    npz: np.lib.npyio.NpzFile,
+    path: Path,
+    limits: DataLimits,
+    x_shape: tuple[int, ...],
+    y_shape: tuple[int, ...],
+    max_bytes: int,
+) -> None:
+    """Refuse, before decompressing anything, arrays over ``max_bytes`` and members whose
+    decompressed size is out of line with their headers or their compressed size."""
+    x_bytes = int(np.prod(x_shape, dtype=np.int64))
+    if x_bytes > max_bytes:
+        raise UnsafeInputError(
+            f"{path.name}: 'x' holds {x_bytes:,} bytes of images ({'x'.join(map(str, x_shape))}), over the "
+            f"limit of {limits.max_array_bytes:,} bytes for a dataset"
+        )
+    declared = {"x": x_bytes, "y": int(np.prod(y_shape, dtype=np.int64)) * 8}
+    for key, most in declared.items():
+        member = key + ".npy" if key + ".npy" in npz.zip.namelist() else key
+        info = npz.zip.getinfo(member)
+        if info.file_size > most + NPY_HEADER_ALLOWANCE:
+            raise UnsafeInputError(
+                f"{path.name}: {key!r} unpacks to {info.file_size:,} bytes, more than its header says"
+            )
+        ratio = info.file_size / max(info.compress_size, 1)
+        if info.file_size > RATIO_FREE_BYTES and ratio > limits.archive.max_ratio:
+            raise UnsafeInputError(
+                f"{path.name}: {key!r} is compressed {ratio:.0f}:1, more than the limit of {limits.archive.max_ratio:g}:1"
+            )
 
 
 def _npy_header(npz: np.lib.npyio.NpzFile, key: str, path: Path) -> tuple[tuple[int, ...], np.dtype]:
@@ -340,9 +377,7 @@ def _find_root(top: Path, kind: str | None, archive: Path) -> tuple[Path, str]:
             if _has_layout(root, k):
                 return root, k
     wanted = {"folder": "train/ and test/ folders", "npz": "train and test .npz files"}
-    raise DataError(
-        f"archive {archive} holds no {' or '.join(wanted[k] for k in kinds)} at its top or one folder down"
-    )
+    raise DataError(f"archive {archive} holds no {' or '.join(wanted[k] for k in kinds)} at its top or one folder down")
 
 
 def _has_layout(root: Path, kind: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ from autoprune.export.spec import ModelSpec
 from autoprune.measure import onnx_session
 
 log = logging.getLogger(__name__)
+NOISE_FACTOR = 4.0  # onnxruntime may be this many times further from float64 than torch's float32 is
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -72,9 +74,41 @@ def export_onnx(model: nn.Module, path: Path, example_input: torch.Tensor, *, at
     got = onnx_session(path).run(None, {"input": x.numpy()})[0]
     diff = float(np.abs(got - expected).max())
     tolerance = atol * max(1.0, float(np.abs(expected).max()))
-    if diff > tolerance:
+    if diff > tolerance and not _within_rounding_noise(model, x, expected, got, tolerance):
         raise ExportError(f"onnxruntime output differs from torch by {diff:.3g} (> {tolerance:.3g})")
     return diff
+
+
+def _within_rounding_noise(
+    model: nn.Module, x: torch.Tensor, expected: np.ndarray, got: np.ndarray, tolerance: float
+) -> bool:
+    """Whether onnxruntime is as close to the exact (float64) output as torch's own float32 is.
+
+    A model can be so ill-conditioned that float32 rounding alone moves its output by more than
+    the tolerance: BatchNorms re-estimated on data where a channel is constant (e.g. torchvision's
+    EfficientNet-B0 on 32x32 inputs: 1x1 maps by the last stages) get variances of 1e-12, far
+    below ``eps``, and each such layer multiplies rounding noise by ~300; both runtimes then
+    compute the same function, differently rounded (torch float32 itself is ~15 off float64 at
+    logits of ~4500). There, a faulty export still differs from the float64 output by far more
+    than torch's float32 does; a correct one does not.
+    """
+    try:
+        exact_model = copy.deepcopy(model).double()
+        with torch.inference_mode():
+            exact = exact_model(x.double()).numpy()
+    except Exception:  # a model that cannot run in float64: keep the plain check
+        return False
+    noise = float(np.abs(expected.astype(np.float64) - exact).max())
+    off = float(np.abs(got.astype(np.float64) - exact).max())
+    if off > max(tolerance, NOISE_FACTOR * noise):
+        return False
+    log.warning(
+        "the model is numerically ill-conditioned: torch float32 is %.3g off its float64 output, onnxruntime %.3g; "
+        "the ONNX export is accepted as equally exact",
+        noise,
+        off,
+    )
+    return True
 
 
 def export_pt2(model: nn.Module, path: Path, example_input: torch.Tensor) -> None:

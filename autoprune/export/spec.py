@@ -14,7 +14,7 @@ from torch import nn
 from autoprune.data import ImageData
 from autoprune.errors import ModelIntakeError
 from autoprune.models import create_model, load_weights
-from autoprune.models.onnx_graph import ONNX_PREFIX
+from autoprune.spec import ONNX_PREFIX
 from autoprune.surgery import PruningPlan, apply_plan
 
 SPEC_FORMAT = "autoprune.spec"

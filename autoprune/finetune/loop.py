@@ -22,7 +22,7 @@ from torch import nn
 from autoprune.data import ImageData, iterate_batches
 from autoprune.device import model_device
 from autoprune.errors import CancelledError
-from autoprune.types import FinetuneConfig
+from autoprune.spec import FinetuneConfig
 
 ProgressFn = Callable[[float, dict[str, float]], None]
 # After each epoch: {"optimizer", "scheduler", "generator", "rng", "history"}, enough to resume.
@@ -85,18 +85,8 @@ def finetune(
     total = max(1, cfg.epochs * per_epoch)
     optimizer = _optimizer(model, cfg)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-    use_teacher = teacher is not None and cfg.distill and cfg.distill_weight > 0
-    if use_teacher:
-        if model_device(teacher) != device:
-            teacher = copy.deepcopy(teacher).to(device)
-        teacher.eval()
-    history: list[EpochStats] = []
-    if resume is not None:
-        optimizer.load_state_dict(resume["optimizer"])
-        schedule.load_state_dict(resume["scheduler"])
-        generator.set_state(resume["generator"])
-        torch.set_rng_state(resume["rng"])
-        history = [EpochStats(**h) for h in resume["history"]]
+    teacher = _distillation_teacher(teacher, cfg, device)
+    history = [] if resume is None else _restore(resume, optimizer, schedule, generator)
     step = len(history) * per_epoch
     for epoch in range(len(history), cfg.epochs):
         model.train()
@@ -110,7 +100,7 @@ def finetune(
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             logits = model(x)
             loss = nn.functional.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            if use_teacher:
+            if teacher is not None:
                 with torch.no_grad():
                     target = teacher(x)
                 w = cfg.distill_weight
@@ -141,3 +131,27 @@ def finetune(
             })  # fmt: skip
     model.eval()
     return history
+
+
+def _distillation_teacher(teacher: nn.Module | None, cfg: FinetuneConfig, device: torch.device) -> nn.Module | None:
+    """The teacher to distil from, on ``device`` and in eval mode; None when not distilling."""
+    if teacher is None or not cfg.distill or not cfg.distill_weight > 0:
+        return None
+    if model_device(teacher) != device:
+        teacher = copy.deepcopy(teacher).to(device)
+    teacher.eval()
+    return teacher
+
+
+def _restore(
+    resume: TrainingState,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+) -> list[EpochStats]:
+    """Put the optimizer, schedule and random streams back as ``resume`` has them; its epoch history."""
+    optimizer.load_state_dict(resume["optimizer"])
+    schedule.load_state_dict(resume["scheduler"])
+    generator.set_state(resume["generator"])
+    torch.set_rng_state(resume["rng"])
+    return [EpochStats(**h) for h in resume["history"]]

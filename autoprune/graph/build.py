@@ -161,7 +161,9 @@ class PruneGraph:
         """For each member module: (module, dim, its indices, the group channel each index belongs to)."""
         root = module_by_name(self.model, group_id)
         pruner = self.dg.get_pruner_of_module(root)
-        tp_group = self.dg.get_pruning_group(root, pruner.prune_out_channels, list(range(self._by_id[group_id].channels)))
+        tp_group = self.dg.get_pruning_group(
+            root, pruner.prune_out_channels, list(range(self._by_id[group_id].channels))
+        )
         out = []
         for item in tp_group:
             module = item.dep.target.module

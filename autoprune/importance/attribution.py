@@ -1,11 +1,11 @@
 """Attribution-based filter scores (Zhang, Yang, Sang, Yu, "基于特征归因重要度评价的卷积网络剪枝",
-Scientia Sinica Informationis 51(1):13–26, 2021; METHODS.md §6 and §10.1).
+Scientia Sinica Informationis 51(1):13–26, 2021; docs/methods.md#attribution).
 
 The paper scores each filter by how well what it detects agrees with the evidence an attribution
 method assigns to the decision ("attribution pruning"), and, as a second criterion, by the
 positively correlated part of activation × gradient ("Taylor-guided pruning"). Each score is
 L2-normalised per layer before ranking. Which attribution method it uses (Grad-CAM or IBA) could
-not be checked; we implement the Grad-CAM form METHODS.md §6 gives, for the layer's feature maps
+not be checked; we implement the Grad-CAM form (docs/methods.md#attribution), for the layer's feature maps
 A_k (the group's feature points, as in :mod:`~autoprune.importance.taylor`: BN outputs, or conv
 outputs without BN) and the logit y^c of the example's true class c:
 

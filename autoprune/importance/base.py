@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Iterable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -24,12 +24,20 @@ class Criterion(abc.ABC):
     """Scores channels: higher means more important, kept first.
 
     ``needs_data`` criteria get calibration batches; the others score from weights alone.
+    ``provides_curvature`` criteria also return the curvature factors they scored with
+    (``score_with_curvature``), which a cut can use to compensate the kept weights (NAP's OBS
+    update, ``autoprune.compensate``).
     """
 
     needs_data: ClassVar[bool] = False
+    provides_curvature: ClassVar[bool] = False
 
     @abc.abstractmethod
     def score(self, graph: PruneGraph, batches: Batches | None = None) -> GroupScores: ...
+
+    def score_with_curvature(self, graph: PruneGraph, batches: Batches) -> tuple[GroupScores, Any]:
+        """Scores and the curvature factors behind them (``provides_curvature`` criteria only)."""
+        raise NotImplementedError(f"{type(self).__name__} provides no curvature factors")
 
 
 def scatter_to_channels(

@@ -214,7 +214,9 @@ def _grams(model: nn.Module, chunk: Slices, inputs: list[torch.Tensor]) -> dict[
     grams: dict[str, torch.Tensor] = {}
     for (module, gid), parts in features.items():
         if sum(len(p) for p in parts) != examples:
-            raise ValueError(f"a feature point of group {gid} ({type(module).__name__}) runs more than once per forward")
+            raise ValueError(
+                f"a feature point of group {gid} ({type(module).__name__}) runs more than once per forward"
+            )
         gram = centred_gram(torch.cat(parts))
         grams[gid] = grams[gid] + gram if gid in grams else gram
     return grams

@@ -1,6 +1,6 @@
 """K-FAC curvature and OBS channel saliency: the criterion of NAP (Zeng, Xiong & Urtasun, 2021).
 
-METHODS.md §1.1–1.2. For every conv/linear layer the Fisher block is approximated by a Kronecker
+docs/methods.md#kfac. For every conv/linear layer the Fisher block is approximated by a Kronecker
 product F ≈ A ⊗ G (K-FAC / KFC):
 
 - ``A = E_x[1/T Σ_t a_t a_tᵀ]``: the layer's input patches (``unfold`` with the conv's kernel,
@@ -19,7 +19,7 @@ applied per block. Factors are kept in float64 and damped relative to their scal
 ``F + damping · mean(diag F) · I`` per block (a floor keeps an all-zero factor invertible; its
 saliencies are then ≈ 0, as they should be).
 
-The saliency of a channel c is the boxed formula of §1.2, the second-order loss increase of
+The saliency of a channel c (docs/methods.md#kfac) is the second-order loss increase of
 removing it with the optimal OBS update of the remaining weights:
 
 - every member layer whose *output* row i is removed adds ``w_iᵀ A w_i / (2 [G⁻¹]_ii)``;
@@ -29,11 +29,11 @@ removing it with the optimal OBS update of the remaining weights:
 
 K-FAC is block-diagonal across layers, so the members' costs add (coupled residual groups sum
 over all their layers). Batch norms carry no curvature here; they only sit between the layers
-(the OBS model ignores their renormalisation, METHODS.md §1.6). A depthwise conv is listed by the
+(the OBS model ignores their renormalisation). A depthwise conv is listed by the
 dependency graph as an output member only, so its filter is counted once, with the row formula
 (its block has one row: the cost of removing the whole filter).
 
-:func:`obs_compensation` applies the OBS weight update of §1.2 for the exact *joint* removal of
+:func:`obs_compensation` applies the matching OBS weight update for the exact *joint* removal of
 the rows and columns a pruning plan deletes from each layer (closed form under A ⊗ G; for rows
 only it is EigenDamage's kron-OBS update). It must run on the model before surgery; batch-norm
 statistics should be re-estimated afterwards.
@@ -49,6 +49,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import torch
@@ -337,13 +338,14 @@ def _write_weights(module: nn.Module, matrix: torch.Tensor) -> None:
 
 
 class KFAC(Criterion):
-    """NAP's channel saliency: the K-FAC/OBS loss increase of removing each channel (§1.2).
+    """NAP's channel saliency: the K-FAC/OBS loss increase of removing each channel (docs/methods.md#kfac).
 
     ``damping`` is relative to each factor's mean diagonal; ``fisher`` is "true" (sampled labels,
     the default, as EigenDamage) or "empirical"; ``seed`` fixes the label sampling.
     """
 
     needs_data = True
+    provides_curvature = True
 
     def __init__(self, damping: float = 1e-3, fisher: str = "true", seed: int = 0) -> None:
         if not (isinstance(damping, int | float) and 0 < damping < float("inf")):
@@ -364,3 +366,7 @@ class KFAC(Criterion):
         if batches is None:
             raise ValueError("the kfac criterion needs calibration batches")
         return saliencies(graph, self.factors(graph, batches))
+
+    def score_with_curvature(self, graph: PruneGraph, batches: Batches) -> tuple[GroupScores, Any]:
+        factors = self.factors(graph, batches)
+        return saliencies(graph, factors), factors

@@ -141,7 +141,9 @@ class CostModel:
         return 1, 1, module.bias is not None, False
 
     def _removed(self, name: str, dim: str, keep: Mapping[str, int]) -> int:
-        return sum((self.channels[g] - keep.get(g, self.channels[g])) * per for g, per in self._links.get((name, dim), ()))
+        return sum(
+            (self.channels[g] - keep.get(g, self.channels[g])) * per for g, per in self._links.get((name, dim), ())
+        )
 
     def _width(self, name: str, dim: str, original: int, keep: Mapping[str, int], coupled: bool) -> int:
         removed = self._removed(name, dim, keep)

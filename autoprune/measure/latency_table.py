@@ -1,6 +1,6 @@
 """A per-layer latency lookup table (LUT) measured on this machine: HALP's cost model.
 
-HALP (Shen et al., NeurIPS 2022; METHODS.md §7c) and NetAdapt (§7a) predict a network's latency
+HALP (Shen et al., NeurIPS 2022) and NetAdapt (Yang et al., ECCV 2018) predict a network's latency
 as the sum of its layers' latencies, each read from a table of single-layer timings keyed by
 ``(batch, c_in, c_out, fmap, k, stride, groups)``. HALP does not release the code that builds its
 table (NVlabs/HALP#5); this module builds one:
@@ -19,15 +19,12 @@ table (NVlabs/HALP#5); this module builds one:
 - the prediction is ``base_latency + scale · Σ_layers LUT(in, out)``, with ``base_latency`` and
   ``scale`` fitted so that it equals two whole-model measurements: at full width and with every
   group halved (a real pruned copy). The plain additive model (``scale = 1``,
-  ``base = measured − Σ``; HALP's targets are fractions of the bare LUT sum) on this CPU at batch 1 is
-  conservative for torch (ResNet-20 at 25% of the channels: 1.06 ms predicted, 0.75 ms measured)
-  and wrong for onnxruntime, whose isolated layers pay session overhead and layout reorders the
-  whole graph avoids (their sum is twice the model's latency, base comes out negative, predictions
-  of pruned models went below zero). Calibrated, predictions of uniformly pruned ResNet-20s were
-  within 5% of the measurement in both runtimes, onnxruntime with widths multiples of 8: other
-  widths leave its blocked-layout fast path (ResNet-20 at 80% of the channels measured 0.83 ms,
-  the full model 0.52 ms), which no per-layer table sees; build with ``channel_step=8`` and
-  allocate with HALP's channel grouping (``HALP(channel_step=8)``) there.
+  ``base = measured − Σ``; HALP's targets are fractions of the bare LUT sum) is conservative for
+  torch and wrong for onnxruntime, whose isolated layers pay session overhead and layout reorders
+  the whole graph avoids; calibrated, it tracks both (measurements: docs/methods.md#latency-table).
+  onnxruntime leaves its blocked-layout fast path at widths that are not multiples of 8, which no
+  per-layer table sees; build with ``channel_step=8`` and allocate with HALP's channel grouping
+  (``HALP(channel_step=8)``) there.
 
 Widths follow from per-group keep counts exactly as :class:`CostModel` computes them, so the
 latency and MACs budgets see the same pruned network. Keys extend HALP's with the layer kind,

@@ -34,8 +34,10 @@ from torch import nn
 
 from autoprune.errors import ModelIntakeError, UnsafeInputError
 
-ONNX_PREFIX = "onnx:"
 MAX_ONNX_BYTES = (2 << 30) - 1  # protobuf cannot hold a larger message anyway
+MAX_GRAPH_ELEMENTS = 1 << 30  # any one tensor of a graph, per sample (the service sets its own)
+SIZED_BY_DATA = frozenset({"ConstantOfShape", "Expand", "Tile", "Range", "Resize", "Upsample", "RandomNormal",
+                           "RandomUniform", "EyeLike", "OneHot", "Pad"})  # fmt: skip
 CONVERTER_OPSET = 17  # onnx2torch 1.5.15 lacks e.g. the opset-18 Reduce* ops (axes as an input)
 DEFAULT_DOMAINS = ("", "ai.onnx")
 MATCH_TOLERANCE = 1e-4  # max |torch - onnxruntime|, relative to the largest output (at least 1)
@@ -59,6 +61,48 @@ def check_input_shape(path: str | os.PathLike[str], input_shape: Sequence[int]) 
         )
 
 
+def check_graph_size(
+    path: str | os.PathLike[str], *, max_elements: int = MAX_GRAPH_ELEMENTS, max_bytes: int = MAX_ONNX_BYTES
+) -> None:
+    """Refuse a graph any of whose tensors would hold more than ``max_elements`` for one sample,
+    from shape inference alone (nothing runs): a tiny file can otherwise ask onnxruntime and
+    torch for gigabytes (``ConstantOfShape([600000000])``). Tensors that ops such as
+    ``ConstantOfShape``, ``Expand`` or ``Tile`` size from data must have inferable shapes."""
+    model = _load(Path(path), max_bytes)
+    _check_sizes(model, Path(path).name, max_elements)
+
+
+def _check_sizes(model: onnx.ModelProto, name: str, max_elements: int) -> None:
+    model = _copy(model)
+    initializers = {t.name for t in model.graph.initializer}
+    for value in model.graph.input:
+        if value.name not in initializers and value.type.tensor_type.shape.dim:
+            value.type.tensor_type.shape.dim[0].Clear()
+            value.type.tensor_type.shape.dim[0].dim_value = 1  # one sample
+    try:
+        inferred = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception as exc:  # shape inference failed: the graph is inconsistent
+        raise ModelIntakeError(f"{name}: ONNX shape inference failed: {str(exc)[:300]}") from exc
+    graph = inferred.graph
+    shapes = {v.name: v for v in (*graph.value_info, *graph.output)}
+    for node in graph.node:
+        for output in node.output:
+            value = shapes.get(output)
+            dims = _dims(value) if value is not None and value.type.tensor_type.HasField("shape") else None
+            if dims is not None and all(isinstance(d, int) and d > 0 for d in dims):
+                elements = math.prod(int(d) for d in dims)
+                if elements > max_elements:
+                    raise UnsafeInputError(
+                        f"{name}: {node.op_type} node {node.name or output!r} makes a tensor of {elements:,} "
+                        f"elements per sample, over the limit of {max_elements:,}"
+                    )
+            elif node.op_type in SIZED_BY_DATA and node.domain in DEFAULT_DOMAINS:
+                raise UnsafeInputError(
+                    f"{name}: the size of {node.op_type} node {node.name or output!r}'s output cannot be inferred "
+                    "before running the graph; such graphs are refused"
+                )
+
+
 def convert_onnx(
     path: str | os.PathLike[str],
     *,
@@ -74,6 +118,7 @@ def convert_onnx(
     path = Path(path)
     model = _load(path, max_bytes)
     (channels, height, width), classes = _signature(model)
+    _check_sizes(model, path.name, MAX_GRAPH_ELEMENTS)
     for what, wanted, actual in (("classes", num_classes, classes), ("input channels", in_channels, channels)):
         if wanted is not None and wanted != actual:
             raise ModelIntakeError(f"{path.name}: the ONNX graph has {actual} {what}, the data needs {wanted}")

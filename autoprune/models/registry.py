@@ -16,8 +16,9 @@ from torch import nn
 
 from autoprune.errors import ModelIntakeError, UnknownNameError
 from autoprune.models import cifar
-from autoprune.models.onnx_graph import ONNX_PREFIX, convert_onnx
+from autoprune.models.onnx_graph import convert_onnx
 from autoprune.registry import Registry, close_matches
+from autoprune.spec import ONNX_PREFIX
 
 ARCHS = Registry[Callable[..., nn.Module]]("architecture")
 for _builder in (
@@ -74,12 +75,8 @@ def create_model(arch: str, *, num_classes: int | None = None, in_channels: int 
         return _build(arch, ARCHS.get(arch), num_classes=num_classes, in_channels=in_channels)
     if arch in _torchvision_names():
         if in_channels != 3:
-            raise ModelIntakeError(
-                f"torchvision model {arch!r} supports only 3-channel inputs, got {in_channels}"
-            )
-        return _build(
-            arch, torchvision.models.get_model, arch, weights=None, num_classes=num_classes
-        )
+            raise ModelIntakeError(f"torchvision model {arch!r} supports only 3-channel inputs, got {in_channels}")
+        return _build(arch, torchvision.models.get_model, arch, weights=None, num_classes=num_classes)
     timm_name = arch.removeprefix(TIMM_PREFIX)
     if arch.startswith(TIMM_PREFIX) and _timm() is None:
         raise ModelIntakeError(f"{arch!r} needs the optional package timm, which is not installed")
@@ -94,14 +91,10 @@ def create_model(arch: str, *, num_classes: int | None = None, in_channels: int 
             num_classes=num_classes,
             in_chans=in_channels,
         )
-    raise UnknownNameError(
-        f"unknown architecture {arch!r}; did you mean: {close_matches(arch, list_archs())}"
-    )
+    raise UnknownNameError(f"unknown architecture {arch!r}; did you mean: {close_matches(arch, list_archs())}")
 
 
-def _build(
-    arch: str, builder: Callable[..., nn.Module], *args: object, **kwargs: object
-) -> nn.Module:
+def _build(arch: str, builder: Callable[..., nn.Module], *args: object, **kwargs: object) -> nn.Module:
     """Call a builder, turning its failures (bad num_classes, ...) into ModelIntakeError."""
     try:
         return builder(*args, **kwargs)

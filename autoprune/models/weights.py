@@ -61,9 +61,7 @@ class WeightLimits:
     max_tensor_elements: int = 1_000_000_000
 
 
-def read_state_dict(
-    path: str | os.PathLike[str], limits: WeightLimits = WeightLimits()
-) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | os.PathLike[str], limits: WeightLimits = WeightLimits()) -> dict[str, torch.Tensor]:
     """Read a state dict from ``path`` after checking its format and sizes (see module doc)."""
     path = Path(path)
     suffix = path.suffix.lower()
@@ -90,9 +88,7 @@ def read_state_dict(
     return _as_state_dict(raw, path.name)
 
 
-def load_weights(
-    model: nn.Module, path: str | os.PathLike[str], limits: WeightLimits = WeightLimits()
-) -> None:
+def load_weights(model: nn.Module, path: str | os.PathLike[str], limits: WeightLimits = WeightLimits()) -> None:
     """Load ``path`` into ``model`` strictly, explaining any key or shape mismatch by name."""
     state = read_state_dict(path, limits)
     expected = model.state_dict()
@@ -108,9 +104,7 @@ def load_weights(
     for key, want in expected.items():
         got = state[key]
         if got.shape != want.shape:
-            raise ModelIntakeError(
-                f"{key}: file has {tuple(got.shape)}, model expects {tuple(want.shape)}"
-            )
+            raise ModelIntakeError(f"{key}: file has {tuple(got.shape)}, model expects {tuple(want.shape)}")
         state[key] = got.to(dtype=want.dtype)
     model.load_state_dict(state, strict=True)
 
@@ -125,9 +119,7 @@ def _checked_size(path: Path, limits: WeightLimits) -> int:
         raise ModelIntakeError(f"weights file not found: {path}")
     size = path.stat().st_size
     if size > limits.max_file_bytes:
-        raise UnsafeInputError(
-            f"{path.name} is {size} bytes, over the limit of {limits.max_file_bytes} bytes"
-        )
+        raise UnsafeInputError(f"{path.name} is {size} bytes, over the limit of {limits.max_file_bytes} bytes")
     return size
 
 
@@ -167,9 +159,7 @@ def _check_safetensors_entry(where: str, info: Any, data_bytes: int, limits: Wei
         raise ModelIntakeError(f"{where}: malformed shape {shape!r}")
     numel = math.prod(shape)
     if numel > limits.max_tensor_elements:
-        raise UnsafeInputError(
-            f"{where}: declares {numel} elements, over the limit of {limits.max_tensor_elements}"
-        )
+        raise UnsafeInputError(f"{where}: declares {numel} elements, over the limit of {limits.max_tensor_elements}")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))):
         raise ModelIntakeError(f"{where}: malformed data_offsets {offsets!r}")
     begin, end = offsets
@@ -179,9 +169,7 @@ def _check_safetensors_entry(where: str, info: Any, data_bytes: int, limits: Wei
             "the file is truncated or corrupt"
         )
     if end - begin != numel * SAFETENSORS_ITEMSIZE[dtype]:
-        raise ModelIntakeError(
-            f"{where}: {end - begin} data bytes do not match {dtype} with shape {shape}"
-        )
+        raise ModelIntakeError(f"{where}: {end - begin} data bytes do not match {dtype} with shape {shape}")
 
 
 def _is_count(x: object) -> bool:
@@ -201,9 +189,7 @@ def _torch_load(path: Path, limits: WeightLimits) -> object:
             f"(reason: {_unpickler_reason(exc)})"
         ) from exc
     except Exception as exc:
-        raise ModelIntakeError(
-            f"{path.name} could not be read as a weights-only torch checkpoint: {exc}"
-        ) from exc
+        raise ModelIntakeError(f"{path.name} could not be read as a weights-only torch checkpoint: {exc}") from exc
 
 
 def _unpickler_reason(exc: Exception) -> str:
@@ -233,8 +219,7 @@ def _check_zip(path: Path, limits: WeightLimits) -> None:
     total = sum(m.file_size for m in members)
     if total > limits.max_uncompressed_bytes:
         raise UnsafeInputError(
-            f"{path.name}: declares {total} uncompressed bytes, over the limit of "
-            f"{limits.max_uncompressed_bytes}"
+            f"{path.name}: declares {total} uncompressed bytes, over the limit of {limits.max_uncompressed_bytes}"
         )
     packed = sum(m.compress_size for m in members)
     if total > MAX_COMPRESSION_RATIO * max(packed, 1):
@@ -250,17 +235,13 @@ def _as_state_dict(raw: object, name: str) -> dict[str, torch.Tensor]:
         raise ModelIntakeError(f"{name}: expected a state dict, found {type(raw).__name__}")
     wrappers = [k for k in WRAPPER_KEYS if isinstance(raw.get(k), Mapping)]
     if len(wrappers) > 1:
-        raise ModelIntakeError(
-            f"{name}: ambiguous checkpoint with several state dicts under {wrappers}"
-        )
+        raise ModelIntakeError(f"{name}: ambiguous checkpoint with several state dicts under {wrappers}")
     state = raw[wrappers[0]] if wrappers else raw
     for key, value in state.items():
         if not isinstance(key, str):
             raise ModelIntakeError(f"{name}: state dict key {key!r} is not a string")
         if not isinstance(value, torch.Tensor):
-            raise ModelIntakeError(
-                f"{name}: entry {key!r} is a {type(value).__name__}, not a tensor"
-            )
+            raise ModelIntakeError(f"{name}: entry {key!r} is a {type(value).__name__}, not a tensor")
     prefix = "module."
     if state and all(k.startswith(prefix) for k in state):
         return {k.removeprefix(prefix): v for k, v in state.items()}

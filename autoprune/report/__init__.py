@@ -1,5 +1,2 @@
-"""The per-job report: ``report.html`` (self-contained) and its PNG figures, from report.json's dict."""
-
-from autoprune.report.write import write_report_files
-
-__all__ = ["write_report_files"]
+"""The per-job report: its typed record (``schema``, torch- and matplotlib-free, for the HTTP
+service), and ``report.html`` with its PNG figures (``write``)."""

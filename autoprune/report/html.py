@@ -14,8 +14,8 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from autoprune.budget import Budget
 from autoprune.report.plots import GROUP_VALUES, unit_of
-from autoprune.types import Budget
 
 RUNTIMES = ("torch", "onnxruntime")
 NUMERIC = ' class="num"'
@@ -150,10 +150,14 @@ def _summary(report: Mapping[str, Any]) -> str:
         before, after = latency["before"].get(runtime), latency["after"].get(runtime)
         if before is not None and after is not None:
             rows.append([f"latency, {runtime} (ms, {where})", _num(before), "", _num(after), _ratio(after, before)])
+    for runtime, paired in (latency.get("paired") or {}).items():
+        rows.append([f"speedup, {runtime}, paired ({int(paired['rounds'])} rounds)", "", "", "",
+                     f"{paired['speedup']:.2f}x (IQR of after/before {paired['ratio_q1']:.3f}-{paired['ratio_q3']:.3f})"])  # fmt: skip
     if not rows:
         return ""
     headers = ["", "before", "pruned, not fine-tuned", "after fine-tuning", "after vs before"]
-    return _table(headers, rows, numeric={1, 2, 3, 4})
+    warnings = "".join(f'<p class="warning"><b>Warning:</b> {esc(w)}</p>' for w in report.get("warnings") or [])
+    return warnings + _table(headers, rows, numeric={1, 2, 3, 4})
 
 
 def _speedups(report: Mapping[str, Any]) -> str:
@@ -326,8 +330,7 @@ def _budget_text(report: Mapping[str, Any]) -> str:
         target = (report.get("latency") or {}).get("budget_target_ms")
         ms = f" = {target:.3f} ms" if target else ""
         return f"latency ≤ {_pct(budget.value, 1)} of the unpruned model's{ms} ({budget.runtime}, batch {budget.batch_size})"
-    what = "MACs" if budget.kind == "flops" else "parameters"
-    return f"{budget.kind}={budget.value:g} (keep at most {_pct(budget.value, 1)} of the {what})"
+    return f"{budget.kind}={budget.value:g} (keep at most {_pct(budget.value, 1)} of the {budget.rule.unit})"
 
 
 def _reached(report: Mapping[str, Any]) -> str | None:
@@ -349,9 +352,9 @@ def _diagnostic(report: Mapping[str, Any], key: str, value: Any) -> str:
     if key == "predicted" and isinstance(value, int | float) and budget is not None:
         if budget.measured:
             return f"{value:.4g} ms"
-        reference, unit = ("macs_before", "MACs") if budget.kind == "flops" else ("params_before", "params")
+        reference = f"{budget.rule.counted}_before"
         if report.get(reference):
-            return f"{_count(value)} {unit} ({value / report[reference]:.4f} of the unpruned)"
+            return f"{_count(value)} {budget.rule.unit} ({value / report[reference]:.4f} of the unpruned)"
     text = _value(value)
     return f"{text}, plotted in search.png" if key in PLOTTED and text.endswith("(in report.json)") else text
 

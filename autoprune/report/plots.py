@@ -18,7 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from autoprune.types import Budget
+from autoprune.budget import Budget
 
 Layers = Sequence[Mapping[str, Any]]
 

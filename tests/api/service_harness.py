@@ -109,8 +109,9 @@ class Service:
         self.procs.append(proc)
         return proc
 
-    def start_api(self) -> subprocess.Popen[bytes]:
-        proc = self._spawn("api", ["serve"], {})
+    def start_api(self, **env: str) -> subprocess.Popen[bytes]:
+        """An API process; ``env`` adds settings (AUTOPRUNE_*, a failpoint) to its environment."""
+        proc = self._spawn("api", ["serve"], env)
 
         def up() -> bool:
             assert proc.poll() is None, (self.root / f"api-{len(self.procs) - 1}.log").read_text()
@@ -138,7 +139,9 @@ class Service:
         return job
 
     def wait_status(self, job_id: str, statuses: set[str], timeout: float = 120) -> Job:
-        return wait_for(lambda: (j := self.job(job_id)).status.value in statuses and j, timeout, f"job in {statuses}", 0.2)
+        return wait_for(
+            lambda: (j := self.job(job_id)).status.value in statuses and j, timeout, f"job in {statuses}", 0.2
+        )
 
     def cancel_all_queued(self) -> None:
         for job, owner in self._queued():
@@ -158,7 +161,10 @@ class Service:
 
 def submit(client: httpx.Client, files: dict[str, Any] | None = None, **fields: str) -> httpx.Response:
     """POST /jobs as multipart (text fields as parts without a filename)."""
-    values = {"arch": "resnet20", "dataset": "digits", "budget": '{"flops": 0.5}', "finetune": TINY_FINETUNE, **fields}
+    values = {
+        "arch": "resnet20", "dataset": "digits", "budget": '{"flops": 0.5}', "finetune": TINY_FINETUNE,
+        "ensure_faster": "false", **fields,
+    }  # fmt: skip
     parts: list[tuple[str, Any]] = [(k, (None, v)) for k, v in values.items() if v is not None]
     parts += list((files or {}).items())
     return client.post("/jobs", files=parts)
@@ -232,7 +238,9 @@ class PgCluster:
 def postgres() -> Iterator[PgCluster]:
     bindir = _pg_bin()
     if bindir is None:
-        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not found: `make test` installs them as root (apt-get install postgresql)")
+        pytest.skip(
+            "PostgreSQL binaries (initdb, pg_ctl) not found: `make test` installs them as root (apt-get install postgresql)"
+        )
     cluster = PgCluster(bindir)
     yield cluster
     cluster.stop()

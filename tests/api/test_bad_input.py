@@ -41,7 +41,7 @@ def _zip(members: dict[str, bytes], symlink: str | None = None) -> bytes:
             zf.writestr(name, data)
         if symlink:
             info = zipfile.ZipInfo(symlink)
-            info.external_attr = (0o120777 << 16)
+            info.external_attr = 0o120777 << 16
             zf.writestr(info, "/etc/passwd")
     return buf.getvalue()
 
@@ -108,6 +108,53 @@ def fields(**values: str | None) -> Callable[[dict[str, bytes]], dict[str, Any]]
     return lambda f: dict(values)
 
 
+def _npy(shape: tuple[int, ...], body: bytes, dtype: str = "|u1") -> bytes:
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buf.getvalue() + body
+
+
+def _npz_tar(x_shape: tuple[int, ...], x_body: bytes) -> bytes:
+    """A tar of train.npz (``x`` as declared, over whatever body) and a small test.npz."""
+    n = x_shape[0]
+    train = _zip({"x.npy": _npy(x_shape, x_body), "y.npy": _npy((n,), bytes(8 * n), "<i8")})
+    test = _zip({"x.npy": _npy((2, 32, 32, 3), bytes(2 * 3072)), "y.npy": _npy((2,), bytes(16), "<i8")})
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in (("train.npz", train), ("test.npz", test)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _onnx_with_a_huge_constant(elements: int) -> bytes:
+    """A 3x32x32 → 10-class classifier plus ``ConstantOfShape([elements]) → ReduceSum → ×0 → Add``."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 32, 32])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10])
+    inits = [numpy_helper.from_array(np.full((10, 3), 0.1, np.float32), "w"),
+             numpy_helper.from_array(np.array([elements], np.int64), "shape"),
+             numpy_helper.from_array(np.zeros(1, np.float32), "zero")]  # fmt: skip
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "w"], ["g"], transB=1),
+             helper.make_node("ConstantOfShape", ["shape"], ["big"]),
+             helper.make_node("ReduceSum", ["big"], ["s"], keepdims=1),
+             helper.make_node("Mul", ["s", "zero"], ["z"]), helper.make_node("Add", ["g", "z"], ["y"])]  # fmt: skip
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    return model.SerializeToString()
+
+
+def onnx_file(data: bytes) -> Callable[[dict[str, bytes]], dict[str, Any]]:
+    return lambda f: {"files": {"onnx": ("model.onnx", data)}, "arch": None}
+
+
 HUGE_TENSOR = {"w": {"dtype": "F32", "shape": [1_000_000, 1_000_000], "data_offsets": [0, 4]}}
 CASES: dict[str, tuple[Callable[[dict[str, bytes]], dict[str, Any]], int, str]] = {
     "pickle payload as .pt": (weights("raw_pickle", "evil.pt"), 422, "unsafe_input"),
@@ -164,6 +211,26 @@ CASES: dict[str, tuple[Callable[[dict[str, bytes]], dict[str, Any]], int, str]] 
     "a text field sent as a file": (lambda f: {"files": {"arch": ("arch.txt", b"resnet20")}, "arch": None}, 422, "unexpected_file"),
     "text field over the limit": (fields(criterion="x" * 70_000), 413, "field_too_large"),
     "upload over the limit": (lambda f: {"files": {"weights": ("w.safetensors", bytes(5 << 20))}}, 413, "too_large"),
+    # issue 20: what a file becomes, checked before it is built
+    "npz declaring 60x4096x4096 images": (data_file(_npz_tar((60, 4096, 4096), bytes(4096)), "data.tar"), 422, "unsafe_input"),
+    "npz of zeros compressed 1000:1": (data_file(_npz_tar((400, 32, 32, 3), bytes(400 * 3072)), "data.tar"), 422, "unsafe_input"),
+    "onnx making a 250M-element tensor": (onnx_file(_onnx_with_a_huge_constant(250_000_000)), 422, "unsafe_input"),
+    "architecture over the parameter cap": (fields(arch="vit_h_14"), 422, "unsafe_input"),
+    # issue 20: upper bounds, finite floats, strict integers in the job spec
+    "lr infinite": (fields(finetune='{"epochs": 1, "lr": Infinity}'), 422, "invalid_spec"),
+    "lr over 10": (fields(finetune='{"epochs": 1, "lr": 11}'), 422, "invalid_spec"),
+    "epochs a fraction": (fields(finetune='{"epochs": 1.5}'), 422, "invalid_spec"),
+    "epochs 100000": (fields(finetune='{"epochs": 100000}'), 422, "invalid_spec"),
+    "fine-tune batch 1e9": (fields(finetune='{"epochs": 1, "batch_size": 1000000000}'), 422, "invalid_spec"),
+    "fine-tune batch negative": (fields(finetune='{"epochs": 1, "batch_size": -64}'), 422, "invalid_spec"),
+    "fine-tune batch a float": (fields(finetune='{"epochs": 1, "batch_size": 64.0}'), 422, "invalid_spec"),
+    "steps per epoch 2e6": (fields(finetune='{"epochs": 1, "max_steps_per_epoch": 2000000}'), 422, "invalid_spec"),
+    "steps per epoch a fraction": (fields(finetune='{"epochs": 1, "max_steps_per_epoch": 2.5}'), 422, "invalid_spec"),
+    "latency batch 1000000": (fields(budget='{"latency": 0.5, "batch_size": 1000000}'), 422, "bad_budget"),
+    "latency batch a float": (fields(budget='{"latency": 0.5, "batch_size": 8.5}'), 422, "bad_budget"),
+    "latency_ms infinite": (fields(budget='{"latency_ms": Infinity}'), 422, "bad_budget"),
+    "seed 2^31": (fields(seed=str(2**31)), 422, "invalid_spec"),
+    "search trials 2001": (fields(method="evolution", search_trials="2001"), 422, "invalid_spec"),
 }  # fmt: skip
 
 
@@ -223,7 +290,9 @@ def test_oversized_chunked_upload_without_content_length(client):
             yield bytes(64 << 10)
         yield f"\r\n--{boundary}--\r\n".encode()
 
-    response = client.post("/jobs", content=body(), headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    response = client.post(
+        "/jobs", content=body(), headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
     assert response.status_code == 413 and response.json()["error"] == "too_large"
 
 

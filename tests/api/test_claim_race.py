@@ -40,7 +40,9 @@ def test_concurrent_claims_run_each_job_exactly_once(db_url):
     for job_id in ids:
         store.create(NewJob(id=job_id, owner="alice", spec={}, inputs={}, max_attempts=3))
     racers = [
-        subprocess.Popen([sys.executable, "-c", RACER, db_url, f"racer-{i}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, db_url, f"racer-{i}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         for i in range(PROCESSES)
     ]
     claims: Counter[str] = Counter()

@@ -64,7 +64,12 @@ def finish_with_another_worker(service, job_id: str):
 
 
 def wait_running(service, job_id: str, stages: tuple[str, ...]) -> None:
-    wait_for(lambda: (j := service.job(job_id)).status.value == "running" and j.stage in stages, 120, f"stage in {stages}", 0.1)
+    wait_for(
+        lambda: (j := service.job(job_id)).status.value == "running" and j.stage in stages,
+        120,
+        f"stage in {stages}",
+        0.1,
+    )
 
 
 def test_kill9_worker_mid_job_then_another_finishes_it_once(service, client):

@@ -43,7 +43,10 @@ def test_digits_job_end_to_end(service, worker, weights, tmp_path):
         response = submit(client, {"weights": ("resnet20.safetensors", f)}, method="global", criterion="taylor")
     assert response.status_code == 201, response.text
     job = response.json()
-    assert job["status"] == "queued" and job["inputs"]["weights"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert (
+        job["status"] == "queued"
+        and job["inputs"]["weights"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    )
 
     seen = []
 
@@ -82,7 +85,10 @@ def test_digits_job_end_to_end(service, worker, weights, tmp_path):
     jobs = client.get("/jobs").json()
     assert jobs["data"][0]["id"] == job["id"]
     metrics = dict(line.rsplit(" ", 1) for line in client.get("/metrics").text.splitlines() if not line.startswith("#"))
-    assert int(metrics['autoprune_jobs{status="succeeded"}']) >= 1 and int(metrics["autoprune_job_duration_seconds_count"]) >= 1
+    assert (
+        int(metrics['autoprune_jobs{status="succeeded"}']) >= 1
+        and int(metrics["autoprune_job_duration_seconds_count"]) >= 1
+    )
 
 
 def test_cancel_a_running_job(service, worker):
@@ -93,8 +99,10 @@ def test_cancel_a_running_job(service, worker):
     assert response.status_code == 200 and response.json()["cancel_requested"]
     job = service.wait_status(job_id, {"cancelled", "failed", "succeeded"}, 30)
     assert job.status.value == "cancelled" and job.artifacts == ()
-    assert client.delete(f"/jobs/{job_id}").json()["status"] == "cancelled"
+    assert client.get(f"/jobs/{job_id}").json()["status"] == "cancelled"
     assert not list((service.data_dir / "jobs" / job_id).glob("attempt-*"))
+    assert client.delete(f"/jobs/{job_id}").status_code == 204  # a finished job: deleted with its files
+    assert client.get(f"/jobs/{job_id}").status_code == 404 and not (service.data_dir / "jobs" / job_id).exists()
 
 
 def test_the_same_flow_on_postgresql(postgres, tmp_path):
@@ -120,7 +128,7 @@ def test_autoprune_submit_waits_with_progress_and_downloads(service, worker, wei
     out = tmp_path / "downloaded"
     finished = subprocess.run(
         [sys.executable, "-m", "autoprune.cli", "submit", "--url", service.url, "--token", service.token("cli"),
-         "--weights", str(weights), "--finetune", service_harness.TINY_FINETUNE, "--exports", "onnx", "--wait", "--download", str(out)],
+         "--weights", str(weights), "--finetune-epochs", "1", "--max-steps-per-epoch", "4", "--exports", "onnx", "--no-ensure-faster", "--wait", "--download", str(out)],
         capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert finished.returncode == 0, finished.stderr
@@ -129,14 +137,24 @@ def test_autoprune_submit_waits_with_progress_and_downloads(service, worker, wei
     statuses = ("queued", "running", "succeeded", "failed", "cancelled")
     progress = [line.split() for line in lines if line.startswith("    ") and line.split()[0] in statuses]
     stages = [words[1] for words in progress if words[0] == "running" and len(words) > 2]
-    assert stages and set(stages) <= {"intake", "baseline", "importance", "latency_table", "allocation", "surgery",
-                                      "finetune", "export", "done"}  # the polls see some stages (1 s apart)
+    assert stages and set(stages) <= {
+        "intake",
+        "baseline",
+        "timing",
+        "importance",
+        "latency_table",
+        "allocation",
+        "surgery",
+        "finetune",
+        "export",
+        "done",
+    }  # the polls see some stages (1 s apart)
     assert progress[-1][0] == "succeeded"
     assert len(progress) < 40  # not one line per poll
     downloaded = {p.name for p in out.iterdir()}
     assert {"model.safetensors", "spec.json", "report.json", "report.html", "model.onnx"} <= downloaded
     assert "model.pt2" not in downloaded  # --exports onnx
-    summary = json.loads(finished.stdout[finished.stdout.index("{"):])
+    summary = json.loads(finished.stdout[finished.stdout.index("{") :])
     assert summary["method"] == "global"  # the default, auto, for a flops budget
     report = json.loads((out / "report.json").read_text())
     model = autoprune.load_pruned(out / "spec.json", out / "model.safetensors")

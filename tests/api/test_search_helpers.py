@@ -54,7 +54,9 @@ def spread_search(svc: Service, owner: str) -> None:
     study = optuna.load_study(study_name=search["study_name"], storage=svc.settings.search_storage_url)
     finished = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert {t.user_attrs["by"] for t in finished} == {"lead", label}
-    assert search["best_score"] == max(t.value for t in finished if t.number in {c["trial"] for c in search["candidates"]})
+    assert search["best_score"] == max(
+        t.value for t in finished if t.number in {c["trial"] for c in search["candidates"]}
+    )
 
 
 def test_a_spread_search_survives_its_lead_being_killed(service):
@@ -80,7 +82,9 @@ def test_a_spread_search_survives_its_lead_being_killed(service):
             finished = optuna.load_study(study_name=names.pop(), storage=storage).get_trials(
                 states=(optuna.trial.TrialState.COMPLETE,)
             )
-            return {who: sum(t.user_attrs["by"] == who for t in finished) for who in {t.user_attrs["by"] for t in finished}}
+            return {
+                who: sum(t.user_attrs["by"] == who for t in finished) for who in {t.user_attrs["by"] for t in finished}
+            }
 
         wait_for(lambda: len(by := trials_by_process()) == 2 and min(by.values()) >= 2, 180, "both to run trials", 0.2)
         os.killpg(first.pid, signal.SIGKILL)
@@ -91,7 +95,9 @@ def test_a_spread_search_survives_its_lead_being_killed(service):
         assert search["resumed_trials"] >= 4  # the first attempt's and the helper's trials were kept
         study = optuna.load_study(study_name=search["study_name"], storage=storage)
         finished = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-        assert KILLED_TRIALS <= len(finished) <= KILLED_TRIALS + 1 and sum(search["trials_by"].values()) >= KILLED_TRIALS
+        assert (
+            KILLED_TRIALS <= len(finished) <= KILLED_TRIALS + 1 and sum(search["trials_by"].values()) >= KILLED_TRIALS
+        )
         assert len({t.number for t in finished}) == len(finished)
         with service.engine.begin() as conn:
             (helper_status,) = conn.execute(
@@ -157,7 +163,9 @@ def queue_with_helper(store) -> tuple[str, str]:
     from api.jobs import NewJob
 
     job_id = uuid.uuid4().hex
-    store.create(NewJob(id=job_id, owner="o", spec={"method": "evolution"}, inputs={}, max_attempts=3, search_helpers=1))
+    store.create(
+        NewJob(id=job_id, owner="o", spec={"method": "evolution"}, inputs={}, max_attempts=3, search_helpers=1)
+    )
     with store.engine.begin() as conn:
         (helper_id,) = conn.execute(text("SELECT id FROM jobs WHERE parent_id = :id"), {"id": job_id}).one()
     return job_id, helper_id
@@ -165,7 +173,9 @@ def queue_with_helper(store) -> tuple[str, str]:
 
 def helper_row(store, helper_id):
     with store.engine.begin() as conn:
-        return conn.execute(text("SELECT status, attempt, error_code, result FROM jobs WHERE id = :id"), {"id": helper_id}).one()
+        return conn.execute(
+            text("SELECT status, attempt, error_code, result FROM jobs WHERE id = :id"), {"id": helper_id}
+        ).one()
 
 
 def test_a_helper_whose_job_is_still_queued_is_given_back_without_spending_an_attempt(local_worker):

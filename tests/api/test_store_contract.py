@@ -188,13 +188,17 @@ def test_evolution_studies_live_beside_the_jobs_without_touching_their_schema(st
 
 def test_search_helpers_queue_behind_their_job_stay_internal_and_go_with_its_cancel(store):
     job_id = uuid.uuid4().hex
-    store.create(NewJob(id=job_id, owner="alice", spec={"method": "evolution"}, inputs={}, max_attempts=3, search_helpers=2))
+    store.create(
+        NewJob(id=job_id, owner="alice", spec={"method": "evolution"}, inputs={}, max_attempts=3, search_helpers=2)
+    )
     page, total = store.list("alice", limit=10, offset=0)
     assert total == 1 and page[0].id == job_id  # helpers are never listed
     claimed = [store.claim(f"w{i}", 30) for i in range(3)]
     assert claimed[0].id == job_id and claimed[0].kind is JobKind.PRUNE
     helpers = claimed[1:]
-    assert all(h.kind is JobKind.SEARCH and h.parent_id == job_id and h.spec == {"method": "evolution"} for h in helpers)
+    assert all(
+        h.kind is JobKind.SEARCH and h.parent_id == job_id and h.spec == {"method": "evolution"} for h in helpers
+    )
     assert all(store.get(h.id) is None and store.get(h.id, "alice") is None for h in helpers)  # not readable alone
     assert store.counts()["running"] == 3  # but they take worker slots, so the queue metrics count them
     assert store.cancel(job_id, "bob") is None
