@@ -21,7 +21,7 @@ import os
 import resource
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -66,23 +66,29 @@ class ProcessLimits:
 
 
 @functools.cache
-def _digits() -> tuple[int, tuple[int, ...]]:
+def _digits(size: tuple[int, int] | None = None) -> tuple[int, tuple[int, ...]]:
+    """(classes, C×H×W) of the built-in dataset drawn at ``size``: it is drawn at the default size
+    only (at a ViT's 518 px it would take 1.4 GB, and its shape depends on nothing else)."""
     from autoprune.data import load_data
 
     data = load_data("digits")
-    return data.num_classes, tuple(data.input_shape)
+    channels, height, width = data.input_shape
+    return data.num_classes, (channels, *(size or (height, width)))
 
 
-def _load_data(ref: str, limits: dict[str, Any], scratch: str | None) -> tuple[int, tuple[int, ...]]:
-    """(classes, C×H×W) of the data; an uploaded archive is extracted under ``scratch``, then removed."""
+def _load_data(ref: str, limits: dict[str, Any], scratch: str | None, preprocess: Any) -> tuple[int, tuple[int, ...]]:
+    """(classes, C×H×W) of the data at the model's input (``preprocess``); an uploaded archive is
+    extracted under ``scratch``, then removed."""
     from autoprune.data import ArchiveLimits, DataLimits, load_data
 
     if ref == "digits":
-        return _digits()
+        return _digits(preprocess.size)
+    if preprocess.normalize == "dataset":  # the shape is all a check needs: no pass over a folder's images
+        preprocess = replace(preprocess, normalize="none")
     archive = ArchiveLimits(max_members=limits["max_archive_members"], max_total_bytes=limits["max_archive_bytes"])
     data_limits = DataLimits(archive=archive, max_array_bytes=limits.get("max_data_bytes", DataLimits.max_array_bytes))
     try:
-        data = load_data(ref, limits=data_limits, work_dir=scratch)
+        data = load_data(ref, limits=data_limits, work_dir=scratch, preprocess=preprocess)
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -123,6 +129,7 @@ def check(request: dict[str, Any]) -> dict[str, Any]:
     from api.jobspec import to_jobspec
     from autoprune.models import WeightLimits, create_model, load_weights
     from autoprune.models.onnx_graph import check_graph_size, check_input_shape
+    from autoprune.models.preprocess import check_input_size, resolve_input
     from autoprune.pipeline import validate
 
     spec = to_jobspec(
@@ -131,13 +138,15 @@ def check(request: dict[str, Any]) -> dict[str, Any]:
     )  # fmt: skip
     validate(spec)
     limits = request["limits"]
-    num_classes, shape = _load_data(spec.data, limits, request.get("scratch"))
+    preprocess = resolve_input(spec.arch, spec.input)
+    num_classes, shape = _load_data(spec.data, limits, request.get("scratch"), preprocess)
     if request.get("model"):
         check_input_shape(request["model"], shape)
         check_graph_size(request["model"], max_elements=limits["max_tensor_elements"])
     else:
         check_model_size(spec.arch, num_classes, shape, limits)
     model = create_model(spec.arch, num_classes=num_classes, in_channels=shape[0])
+    check_input_size(model, shape, spec.arch)
     if spec.weights:
         weight_limits = WeightLimits(
             max_file_bytes=limits["max_upload_bytes"], max_tensor_elements=limits["max_tensor_elements"]

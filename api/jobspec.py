@@ -69,7 +69,7 @@ def form_fields() -> dict[str, FormField]:
             continue
         kind, enum = _kind(info.annotation)
         if name == "method":
-            enum = ("auto", *catalog.allocator_names())
+            enum = tuple(dict.fromkeys(("auto", *catalog.allocator_names())))
         if name == "criterion":
             enum = tuple(catalog.criterion_names())
         description = EXPORT_NAMES_HELP if name == "exports" else info.description or ""

@@ -29,10 +29,30 @@ def hash_token(token: str) -> str:
 
 
 class TokenStore:
-    """Create tokens and resolve them to owners."""
+    """Create tokens and resolve them to owners.
 
-    def __init__(self, engine: Engine) -> None:
+    Valid tokens are remembered for ``remember_s`` (at most ``MAX_REMEMBERED``), so a client
+    polling a job costs no token query per request; unknown tokens are never remembered (a flood
+    of made-up tokens cannot grow the memory). Tokens are never revoked today; if they are,
+    a revocation takes effect within ``remember_s``.
+    """
+
+    MAX_REMEMBERED = 10_000
+
+    def __init__(self, engine: Engine, remember_s: float = 60.0) -> None:
         self.engine = engine
+        self.remember_s = remember_s
+        self._recent: dict[str, tuple[str, float]] = {}  # token hash -> (owner, remembered until)
+        self._lock = threading.Lock()
+
+    def recent_owner(self, token: str) -> str | None:
+        """The owner of ``token`` if it was resolved within ``remember_s``; None: ask ``owner_of``."""
+        digest = hash_token(token)
+        with self._lock:
+            found = self._recent.get(digest)
+        if found is None or found[1] < time.monotonic():
+            return None
+        return found[0]
 
     def create(self, owner: str) -> str:
         """A new token for ``owner``; the raw token is returned once and never stored."""
@@ -53,6 +73,10 @@ class TokenStore:
             row = conn.execute(select(tokens.c.owner, tokens.c.token_hash).where(tokens.c.token_hash == digest)).first()
         if row is None or not hmac.compare_digest(row.token_hash, digest):
             return None
+        with self._lock:
+            if len(self._recent) >= self.MAX_REMEMBERED:
+                self._recent.clear()
+            self._recent[digest] = (str(row.owner), time.monotonic() + self.remember_s)
         return str(row.owner)
 
 

@@ -30,9 +30,18 @@ FILE_NAME = "checkpoint.pt"
 _PER_ATTEMPT = frozenset({"out_dir", "device"})  # the same run, wherever it runs
 
 
+# Options added after checkpoints were first written: left out of the hash while at their
+# defaults, so a job queued before they existed still resumes from its checkpoint.
+_LATER_OPTIONS = ("input", "max_layer_prune", "keep", "layer_limits")
+
+
 def fingerprint(spec: JobSpec) -> str:
     """A hash of everything in ``spec`` that decides the result."""
-    fields = spec.model_dump(mode="json", exclude=_PER_ATTEMPT)
+    at_default = {
+        name for name in _LATER_OPTIONS
+        if getattr(spec, name) == type(spec).model_fields[name].get_default(call_default_factory=True)
+    }  # fmt: skip
+    fields = spec.model_dump(mode="json", exclude=_PER_ATTEMPT | at_default)
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoprune.errors import AutopruneError
-from autoprune.spec import DEFAULT_METHOD, Budget, FinetuneConfig, resolve_method
+from autoprune.spec import DEFAULT_METHOD, Budget, FinetuneConfig
 from autoprune.spec_cli import add_spec_flags, spec_from_args
 
 if TYPE_CHECKING:
@@ -230,8 +230,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ]
     if main(train_args) != 0:
         return 1
-    method = resolve_method(DEFAULT_METHOD, Budget.parse("flops=0.5"))
-    print(f"2/2 pruning to half the MACs ({DEFAULT_METHOD}: {method}), fine-tuning with distillation, exporting")
+    print(
+        f"2/2 pruning to half the MACs ({DEFAULT_METHOD}: the best-scoring of several allocations), "
+        "fine-tuning with distillation, exporting"
+    )
     return main(prune_args)
 
 

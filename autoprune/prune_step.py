@@ -18,7 +18,7 @@ from torch import nn
 
 from autoprune import catalog
 from autoprune.adaptive_bn import batch_norms, recalibrate
-from autoprune.allocate import ProblemInputs, allocate
+from autoprune.allocate import LayerLimits, ProblemInputs, allocate
 from autoprune.budget import Budget
 from autoprune.checkpoint import fingerprint
 from autoprune.compensate import compensated_cut
@@ -31,6 +31,8 @@ from autoprune.graph import PruneGraph, build_graph
 from autoprune.importance import Batches, GroupScores, get_criterion
 from autoprune.measure import count_cost, onnx_latency_ms, torch_latency_ms
 from autoprune.measure.latency_table import LatencyTable
+from autoprune.measure.paired import PairedTiming, paired_model_timing
+from autoprune.report.schema import BoundGroup, CandidateRow, LayerLimitsReport
 from autoprune.spec import JobSpec, allocator_options
 from autoprune.surgery import PruningPlan, apply_plan, make_plan
 from solvers import Allocator, AllocatorContext
@@ -76,14 +78,51 @@ def model_latency_ms(model: nn.Module, input_shape: tuple[int, ...], budget: Bud
         return onnx_latency_ms(path, input_shape, **timing)
 
 
-def achieved(
-    model: nn.Module, example: torch.Tensor, budget: Budget, reference: dict[str, float], repeats: int
-) -> float:
-    """What the budget measures on ``model``: a fraction of the original, or milliseconds."""
+def achieved(ctx: RunContext, model: nn.Module, budget: Budget, unpruned: float) -> float:
+    """What ``budget`` measures on ``model``: a fraction of the original, or milliseconds.
+
+    A relative latency budget is checked by timing ``model`` against the unpruned model in
+    alternating rounds (``paired_with_unpruned``): that ratio, in milliseconds of ``unpruned`` (the
+    figure the budget was priced from), so a neighbour's load between a lone "before" and a lone
+    "after" cannot meet it by chance. An absolute ``latency_ms`` is what the user asked for, so it
+    is the model's own median.
+    """
+    spec = ctx.spec
+    if budget.measured and spec.budget.rule.relative:
+        return paired_with_unpruned(ctx, model, max(2, spec.latency_repeats // 3)).ratio * unpruned
     if budget.measured:
-        return model_latency_ms(model, tuple(example.shape[1:]), budget, repeats)
-    measured = count_cost(model, example)
-    return float(getattr(measured, budget.rule.counted)) / reference[budget.kind]
+        return model_latency_ms(model, tuple(ctx.example.shape[1:]), budget, spec.latency_repeats)
+    measured = count_cost(model, ctx.example)
+    return float(getattr(measured, budget.rule.counted)) / ctx.state.reference[budget.kind]
+
+
+SCRATCH = ".scratch"  # inside the job's output directory, removed when the timing stage is done
+
+
+def target_threads(spec: JobSpec) -> int:
+    """The threads the target runs with: its own setting, else the job's."""
+    return spec.target.threads or torch.get_num_threads()
+
+
+def teacher_onnx(ctx: RunContext) -> Path:
+    """The unpruned model exported once per run, for every paired timing in onnxruntime."""
+    assert ctx.teacher is not None
+    path = ctx.out / SCRATCH / "unpruned.onnx"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export_onnx(ctx.teacher, path, ctx.example)
+    return path
+
+
+def paired_with_unpruned(ctx: RunContext, pruned: nn.Module, rounds: int) -> PairedTiming:
+    """``pruned`` timed against the unpruned model in the job's deployment target, in alternating rounds."""
+    assert ctx.data is not None and ctx.teacher is not None
+    target = ctx.spec.target
+    unpruned_onnx = teacher_onnx(ctx) if target.runtime == "onnxruntime" else None
+    return paired_model_timing(
+        ctx.teacher, pruned, ctx.data.input_shape, runtime=target.runtime, batch_size=target.batch_size,
+        threads=target_threads(ctx.spec), rounds=rounds, repeats=3, onnx_paths=(unpruned_onnx, None),
+    )  # fmt: skip
 
 
 def allocator_for(spec: JobSpec, budget: Budget, channel_step: int | None = None) -> Allocator:
@@ -125,8 +164,34 @@ def score_model(ctx: RunContext) -> Scored:
         model, graph, scores, ctx.example, reference=ctx.state.reference, data=data, batches=batches,
         calibration_batches=spec.calibration_batches, seed=spec.seed,
         storage=ctx.search.url if ctx.search is not None else None,
+        limits=LayerLimits(max_prune=spec.max_layer_prune, keep=spec.keep, per_group=spec.layer_limits),
+        original=original_widths(ctx.state.plans),
     )  # fmt: skip
     return Scored(graph=graph, scores=scores, factors=factors, batches=batches, inputs=inputs)
+
+
+def original_widths(plans: list[dict[str, Any]]) -> dict[str, int]:
+    """Each group's width before the first cut that pruned it (its unpruned width), from the stored plans."""
+    widths: dict[str, int] = {}
+    for plan in plans:
+        for gid, group in plan["groups"].items():
+            widths.setdefault(gid, int(group["channels"]))
+    return widths
+
+
+def limits_report(spec: JobSpec, diagnostics: list[dict[str, Any]]) -> LayerLimitsReport | None:
+    """The report's record of the job's per-group limits and the groups the last cut held at one."""
+    if spec.max_layer_prune is None and not spec.keep and not spec.layer_limits:
+        return None
+    bound = [BoundGroup(**row) for row in (diagnostics[-1].get("bound", []) if diagnostics else [])]
+    return LayerLimitsReport(
+        max_layer_prune=spec.max_layer_prune, keep=list(spec.keep), layer_limits=dict(spec.layer_limits), bound=bound
+    )
+
+
+def candidate_rows(diagnostics: list[dict[str, Any]]) -> list[CandidateRow]:
+    """``auto``'s candidates at the last cut (none for a named method)."""
+    return [CandidateRow(**row) for row in (diagnostics[-1].get("auto_candidates", []) if diagnostics else [])]
 
 
 def study_name(ctx: RunContext, target: Budget) -> str:
@@ -159,6 +224,10 @@ def prune_once(
     cost, _ = inputs.cost_and_budget(budget)
     scale = 1.0 if budget.measured else reference[budget.kind]  # allocation costs -> budget units
     unpruned = cost({}) / scale  # predicted = measured here: exact counts, or the table's calibration point
+    if budget.measured and ctx.spec.budget.rule.relative:
+        # priced from a ratio: the budget's fraction of the unpruned latency that the latency table
+        # measured with its layers, not of a lone timing taken at another moment (and load)
+        budget = budget.evolve(value=budget.value / reference["latency_ms"] * unpruned)
     target = budget
     for attempt in range(ATTEMPTS):
         with ctx.timer("allocation"):
@@ -170,13 +239,15 @@ def prune_once(
             ctx.progress("allocation", 1.0, {"predicted": allocation.cost})
         with ctx.timer("surgery"):
             pruned = _cut(ctx, scored, plan)
-            reached = achieved(pruned, ctx.example, budget, reference, ctx.spec.latency_repeats)
+            reached = achieved(ctx, pruned, budget, unpruned)
             ctx.progress("surgery", 1.0, {budget.kind: reached})
         if reached <= budget.value * (1 + 1e-12):
             diagnostics = {
                 "criterion": ctx.spec.criterion_name,
                 "skipped_layers": list(scored.graph.skipped),
                 "target": target.value,
+                "budget": budget.value,  # in the units of "achieved": a relative latency priced in the table's ms
+                "unpruned": unpruned,
                 "predicted": allocation.cost,
                 "achieved": reached,
                 "attempts": attempt + 1,

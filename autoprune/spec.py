@@ -136,12 +136,88 @@ class Target(_Frozen):
 
 DEFAULT_TARGET = Target()
 
+IMAGE_SIDE_MAX = 4096  # an input side, in pixels (the data caps images at 4096x4096 too)
+
+
+def _side_pair(value: Any) -> Any:
+    """``96``, ``"96"``, ``"96x80"`` or ``[96, 80]`` → ``(96, 80)`` (height, width)."""
+    if isinstance(value, str):
+        parts = value.lower().replace(" ", "").split("x")
+        if not 1 <= len(parts) <= 2 or not all(p.isdigit() for p in parts):
+            raise SpecError(f"input.size must be N or HxW (e.g. 224 or 224x160), not {value!r}")
+        value = [int(p) for p in parts] * (3 - len(parts))  # N is NxN
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    return tuple(value) if isinstance(value, list | tuple) else value
+
+
+def _floats(value: Any) -> Any:
+    """``"0.5,0.4,0.3"`` or ``[0.5, 0.4, 0.3]`` → a tuple of floats, one per input channel."""
+    if isinstance(value, str):
+        try:
+            return tuple(float(p) for p in value.split(","))
+        except ValueError:
+            raise SpecError(f"expected comma-separated numbers, one per channel, not {value!r}") from None
+    if isinstance(value, list | tuple):
+        return tuple(float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value)
+    return value
+
+
+Side = Annotated[int, Field(ge=1, le=IMAGE_SIDE_MAX)]
+
+
+class InputSpec(_Frozen):
+    """What the model is fed: image size, resize and crop, interpolation, normalisation. Each field
+    left out comes from the model's origin (``autoprune.models.preprocess``): CIFAR architectures
+    the data's own size (32 px for folders) and the dataset's statistics; torchvision models their
+    weights' preprocessing; timm models their ``pretrained_cfg``; ONNX graphs their input's H×W."""
+
+    model_config = ConfigDict(title="input")
+
+    size: Annotated[tuple[Side, Side] | None, BeforeValidator(_side_pair)] = Field(
+        None, description="input size N or HxW (default: the model's)", json_schema_extra={"cli": "--input-size"}
+    )
+    resize: Side | None = Field(
+        None, description="shorter image side before the centre crop to the input size (default: the model's)"
+    )
+    crop: Literal["center", "none"] | None = Field(
+        None, description="center: resize the shorter side, crop the centre; none: resize whole images to the size"
+    )
+    interpolation: Literal["bilinear", "bicubic", "nearest"] | None = Field(
+        None, description="resampling of resized images (default: the model's)"
+    )
+    normalize: Literal["dataset", "imagenet", "none"] | None = Field(
+        None, description="normalise by the dataset's own mean/std, ImageNet's, or not at all (default: the model's)"
+    )
+    mean: Annotated[tuple[float, ...] | None, BeforeValidator(_floats)] = Field(
+        None, description="per-channel mean on the 0-1 scale, e.g. 0.485,0.456,0.406 (with --std)"
+    )
+    std: Annotated[tuple[float, ...] | None, BeforeValidator(_floats)] = Field(
+        None, description="per-channel std on the 0-1 scale, e.g. 0.229,0.224,0.225 (with --mean)"
+    )
+
+    @model_validator(mode="after")
+    def _statistics(self) -> Self:
+        if (self.mean is None) != (self.std is None):
+            raise SpecError("input.mean and input.std are given together (one value per input channel)")
+        if self.mean is not None and self.std is not None:
+            if len(self.mean) != len(self.std) or not 1 <= len(self.mean) <= 4:
+                raise SpecError(
+                    f"input.mean has {len(self.mean)} values and input.std {len(self.std)}: give one per input "
+                    "channel (3 for RGB)"
+                )
+            if min(self.std) <= 0:
+                raise SpecError(f"input.std must be positive, not {list(self.std)}")
+            if self.normalize is not None:
+                raise SpecError("give input.normalize or input.mean/std, not both")
+        return self
+
 
 def method_help() -> str:
-    names = " | ".join(catalog.allocator_names())
+    names = " | ".join(n for n in catalog.allocator_names() if n != DEFAULT_METHOD)
     return (
-        f"allocator: {names}, or {DEFAULT_METHOD} (the default: global for flops/params budgets, halp for "
-        "latency budgets, as the benchmark supports)"
+        f"allocator: {names}, or {DEFAULT_METHOD} (the default: for flops/params budgets the best of global, "
+        "uniform, nap, itpruner and a short evolution by adaptive-BN accuracy; halp for latency budgets)"
     )
 
 
@@ -165,6 +241,9 @@ class JobOptions(_Frozen):
     criterion: str | None = Field(None, description="channel importance (default: the method's own)")
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="fine-tuning options")
     target: Target = Field(default_factory=Target, description="where the pruned model will run")
+    input: InputSpec = Field(
+        default_factory=InputSpec, description="input size and normalisation (default: the model's)"
+    )
     ensure_faster: bool = Field(
         True,
         description="if the pruned model is not faster than the unpruned one in the target, re-solve with "
@@ -185,6 +264,21 @@ class JobOptions(_Frozen):
     channel_step: int = Field(
         1, ge=1, le=64, description="keep widths in multiples of this, e.g. 8 for onnxruntime (full widths stay)"
     )
+    max_layer_prune: float | None = Field(
+        None, gt=0, le=1,
+        description="the largest fraction of its channels any layer group may lose, e.g. 0.7 (each keeps at "
+        "least 30%); default: each keeps at least 10% (and one channel)",
+    )  # fmt: skip
+    keep: tuple[str, ...] = Field(
+        (), strict=False, json_schema_extra={"cli": "--keep"},
+        description="glob pattern of layer groups left whole (e.g. 'layer1.*', 'fc'), matched against each group's "
+        "name and the layers producing its channels; repeatable",
+    )  # fmt: skip
+    layer_limits: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=dict, json_schema_extra={"cli": "--layer-limit"},
+        description="per-group max_layer_prune: {\"PATTERN\": F} for the groups a glob pattern matches (flag: "
+        "PATTERN=F, repeatable); the smallest F that matches a group applies, 0 leaves it whole",
+    )  # fmt: skip
     seed: int = Field(0, ge=0, le=2**31 - 1, description="random seed")
     device: str = Field(
         "auto", json_schema_extra={"http": False},
@@ -246,11 +340,11 @@ class JobSpec(JobOptions):
 
 
 def resolve_method(method: str, budget: Budget) -> str:
-    """``method``, or for ``auto`` the allocator the benchmark supports for this kind of budget:
-    ``global`` Taylor ranking for MACs/params (docs/benchmark.md), HALP for latency."""
+    """``method``; ``auto`` stays the ``auto`` allocator (a choice among candidates, scored by
+    adaptive-BN accuracy: ``solvers.auto``) for MACs/params, and is HALP for latency budgets."""
     if method != DEFAULT_METHOD:
         return method
-    return "halp" if budget.measured else "global"
+    return "halp" if budget.measured else DEFAULT_METHOD
 
 
 def option_fields() -> dict[str, tuple[str, dataclasses.Field[Any]]]:
@@ -335,6 +429,7 @@ __all__ = [
     "EXPORTS",
     "Budget",
     "FinetuneConfig",
+    "InputSpec",
     "JobOptions",
     "JobSpec",
     "SpecError",

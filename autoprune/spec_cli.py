@@ -1,6 +1,6 @@
 """Command-line flags generated from the job spec, and the spec read back from them.
 
-Every field of ``autoprune.spec.JobOptions`` (and of ``FinetuneConfig``, and every registered
+Every field of ``autoprune.spec.JobOptions`` (and of ``FinetuneConfig``, ``Target``, ``InputSpec``, and every registered
 allocator's ``Options``) becomes a flag: ``--`` plus its name with dashes, or the field's
 ``cli`` extra; ``--no-NAME`` for an option that is on by default. A flag left out is left out of
 the spec, so its default lives in one place, the spec. ``autoprune prune`` and ``autoprune
@@ -23,8 +23,10 @@ from autoprune.budget import Budget
 from autoprune.spec import (
     EXPORTS,
     FinetuneConfig,
+    InputSpec,
     JobOptions,
     JobSpec,
+    SpecError,
     Target,
     criterion_help,
     method_help,
@@ -34,8 +36,8 @@ from autoprune.spec import (
 
 # Fields with a flag of their own shape (or none): the budget with its latency settings, the
 # nested fine-tune options and the method's options (flags of their own), the exports list.
-SPECIAL = frozenset({"budget", "finetune", "target", "options", "exports"})
-NESTED = ("finetune", "target", "options")
+SPECIAL = frozenset({"budget", "finetune", "target", "input", "options", "exports"})
+NESTED = ("finetune", "target", "input", "options")
 
 
 def flag_name(name: str, info: FieldInfo | None = None) -> str:
@@ -71,6 +73,8 @@ def _add(group: Any, dest: str, flag: str, annotation: Any, default: Any, help_t
     }
     if typing.get_origin(kind) is Literal:
         options["choices"] = list(typing.get_args(kind))
+    elif kind == tuple[str, ...] or typing.get_origin(kind) is dict:  # repeatable: --keep A --keep B
+        options.update(action="append", metavar="PATTERN=F" if typing.get_origin(kind) is dict else metavar)
     elif kind in (int, float):
         options["type"] = kind
     group.add_argument(flag, **options)
@@ -118,6 +122,7 @@ def add_options_flags(parser: argparse.ArgumentParser, *, http_only: bool = Fals
         )
     add_model_flags(parser.add_argument_group("fine-tuning"), FinetuneConfig, prefix="finetune.")
     add_model_flags(parser.add_argument_group("deployment target"), Target, prefix="target.", optional=True)
+    add_model_flags(parser.add_argument_group("model input (default: the model's own)"), InputSpec, prefix="input.")
 
 
 def _extra(info: FieldInfo) -> dict[str, Any]:
@@ -140,11 +145,26 @@ def given_options(args: argparse.Namespace, model: type[BaseModel] = JobSpec) ->
         if tail and head in NESTED:
             out.setdefault(head, {})[tail] = value
         elif head in model.model_fields and head not in SPECIAL:
-            out[head] = value
+            out[head] = pairs(head, value) if typing.get_origin(model.model_fields[head].annotation) is dict else value
     if getattr(args, "exports", None) is not None:
         out["exports"] = parse_names(args.exports)
     if getattr(args, "budget", None) is not None:
         out["budget"] = budget_of(args)
+    return out
+
+
+def pairs(name: str, given: list[str]) -> dict[str, float]:
+    """``["layer1.*=0.5", "fc=0"]`` → ``{"layer1.*": 0.5, "fc": 0.0}`` (a repeated ``KEY=NUMBER`` flag)."""
+    out: dict[str, float] = {}
+    for item in given:
+        key, _, number = item.rpartition("=")
+        try:
+            if not key:
+                raise ValueError(item)
+            out[key] = float(number)
+        except ValueError:
+            flag = flag_name(name, JobOptions.model_fields[name])
+            raise SpecError(f"{flag} takes PATTERN=NUMBER, not {item!r}") from None
     return out
 
 

@@ -27,10 +27,23 @@ from autoprune.errors import BudgetError, SurgeryError
 from autoprune.export import ModelSpec, export_onnx, export_pt2, save_weights, write_json
 from autoprune.finetune import TrainingState, evaluate, finetune
 from autoprune.measure import CostReport, count_cost
+from autoprune.measure.alignment import channel_alignment
 from autoprune.measure.paired import PairedTiming, paired_model_timing
 from autoprune.models import create_model, load_weights
 from autoprune.models.onnx_graph import check_input_shape
-from autoprune.prune_step import calibration, model_latency_ms, prune_once, reestimate_bn
+from autoprune.models.preprocess import check_input_size, resolve_input
+from autoprune.prune_step import (
+    SCRATCH,
+    calibration,
+    candidate_rows,
+    limits_report,
+    model_latency_ms,
+    paired_with_unpruned,
+    prune_once,
+    reestimate_bn,
+    target_threads,
+    teacher_onnx,
+)
 from autoprune.report.schema import FinetuneReport, LatencyReport, LayerRow, Report
 from autoprune.report.write import write_report_files
 from autoprune.spec import ONNX_PREFIX, JobSpec
@@ -44,12 +57,14 @@ ONNX_SOURCE = "source.onnx"  # an ONNX job's graph, copied beside spec.json
 
 
 def load_model_and_data(spec: JobSpec) -> tuple[torch.nn.Module, ImageData]:
-    """The spec's dataset, and its architecture built for it with the given weights (eval mode)."""
-    data = load_data(spec.data)
+    """The spec's dataset at the model's input size and normalisation (``spec.input`` over the
+    model's own), and its architecture built for it with the given weights (eval mode)."""
+    data = load_data(spec.data, preprocess=resolve_input(spec.arch, spec.input))
     if spec.arch.startswith(ONNX_PREFIX):
         check_input_shape(spec.arch.removeprefix(ONNX_PREFIX), data.input_shape)
     torch.manual_seed(spec.seed)
     model = create_model(spec.arch, num_classes=data.num_classes, in_channels=data.input_shape[0])
+    check_input_size(model, data.input_shape, spec.arch)
     if spec.weights:
         load_weights(model, spec.weights)
     return model.eval(), data
@@ -134,7 +149,8 @@ RESOLVE_STEPS = (8, 16, 32)  # channel steps tried, in order, when a cut is not 
 
 def _faster(ctx: RunContext, target: Budget, cut: Cut) -> Cut:
     """The cut, or when it is not faster than the unpruned model in the deployment target (paired
-    timing), the first re-solve with a wider channel step that is (else the fastest tried).
+    timing), the first re-solve with a wider channel step that is (else the fastest tried): first
+    the step this host's runtime was measured to want, then 8, 16 and 32.
 
     Fast kernels (onnxruntime's blocked convolutions, cuDNN's) want channel counts in multiples
     of 8 or 16, and a free width can make a model with half the MACs slower than its parent; which
@@ -142,8 +158,10 @@ def _faster(ctx: RunContext, target: Budget, cut: Cut) -> Cut:
     speed = _speedup(ctx, cut[0])
     tried = [{"channel_step": ctx.spec.channel_step, "speedup": round(speed, 4)}]
     best, best_speed = cut, speed
-    for step in (s for s in RESOLVE_STEPS if s > ctx.spec.channel_step and best_speed <= 1.0):
-        ctx.progress("faster", len(tried) / (len(RESOLVE_STEPS) + 1), {"channel_step": step})
+    measured = measured_step(ctx) if speed <= 1.0 else None
+    steps = tuple(dict.fromkeys((measured or RESOLVE_STEPS[0], *RESOLVE_STEPS)))
+    for step in (s for s in steps if s > ctx.spec.channel_step and best_speed <= 1.0):
+        ctx.progress("faster", len(tried) / (len(steps) + 1), {"channel_step": step})
         try:
             candidate = prune_once(ctx, target, channel_step=step)
         except (BudgetError, SurgeryError) as exc:  # too coarse for this net's widths to meet the budget
@@ -153,20 +171,23 @@ def _faster(ctx: RunContext, target: Budget, cut: Cut) -> Cut:
         tried.append({"channel_step": step, "speedup": round(speed, 4)})
         if speed > best_speed:
             best, best_speed = candidate, speed
-    best[2]["faster_check"] = {"runtime": ctx.spec.target.runtime, "tried": tried}
+    best[2]["faster_check"] = {"runtime": ctx.spec.target.runtime, "measured_step": measured, "tried": tried}
     return best
 
 
-def _speedup(ctx: RunContext, pruned: torch.nn.Module) -> float:
-    assert ctx.data is not None and ctx.teacher is not None
+def measured_step(ctx: RunContext) -> int | None:
+    """The channel step this host's target runtime runs fastest at (``autoprune.measure.alignment``,
+    measured once per host and cached), tried first by a re-solve; None for a cuda target."""
     target = ctx.spec.target
+    if target.device != "cpu":
+        return None
     with ctx.timer("faster_check"):
-        teacher_onnx = _teacher_onnx(ctx) if target.runtime == "onnxruntime" else None
-        timing = paired_model_timing(
-            ctx.teacher, pruned, ctx.data.input_shape, runtime=target.runtime, batch_size=target.batch_size,
-            threads=target_threads(ctx.spec), rounds=6, repeats=3, onnx_paths=(teacher_onnx, None),
-        )  # fmt: skip
-    return timing.speedup
+        return channel_alignment(target.runtime, batch_size=target.batch_size, threads=target_threads(ctx.spec)).step
+
+
+def _speedup(ctx: RunContext, pruned: torch.nn.Module) -> float:
+    with ctx.timer("faster_check"):
+        return paired_with_unpruned(ctx, pruned, rounds=6).speedup
 
 
 def _finetune(
@@ -234,24 +255,12 @@ def timing(ctx: RunContext) -> None:
             runtime: paired_model_timing(
                 ctx.teacher, ctx.model, ctx.data.input_shape, runtime=runtime, batch_size=spec.target.batch_size,
                 threads=target_threads(spec), rounds=max(2, spec.latency_repeats // 3), repeats=3,
-                onnx_paths=(_teacher_onnx(ctx), exported) if runtime == "onnxruntime" else (None, None),
+                onnx_paths=(teacher_onnx(ctx), exported) if runtime == "onnxruntime" else (None, None),
             )
             for runtime in runtimes
         }  # fmt: skip
         shutil.rmtree(ctx.out / SCRATCH, ignore_errors=True)
         ctx.progress("timing", 1.0, {})
-
-
-SCRATCH = ".scratch"  # inside the job's output directory, removed when the timing is done
-
-
-def _teacher_onnx(ctx: RunContext) -> Path:
-    """The unpruned model exported once per run, for every paired timing in onnxruntime."""
-    path = ctx.out / SCRATCH / "unpruned.onnx"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        export_onnx(ctx.teacher, path, ctx.example)
-    return path
 
 
 def report(ctx: RunContext) -> None:
@@ -291,9 +300,11 @@ def build_report(ctx: RunContext) -> Report:
         bn_reestimation_batches=spec.calibration_batches, accuracy_after=eval_after.accuracy,
         loss_before=eval_before.loss, loss_after=eval_after.loss, onnx_max_abs_diff=ctx.outputs["onnx_diff"],
         layers=layer_table(before, after), allocation=state.diagnostics,
+        limits=limits_report(spec, state.diagnostics), candidates=candidate_rows(state.diagnostics),
         finetune=FinetuneReport(config=spec.finetune.to_dict(), history=state.history),
         timings={stage: round(s, 3) for stage, s in ctx.timer.seconds.items()}, device=str(ctx.device),
         resumed=ctx.resumed, versions={"torch": torch.__version__, "torch_pruning": torch_pruning.__version__},
+        input=ctx.data.preprocess.to_dict() if ctx.data is not None and ctx.data.preprocess is not None else None,
     )  # fmt: skip
 
 
@@ -306,11 +317,6 @@ STAGES: tuple[tuple[str, Callable[[RunContext], None]], ...] = (
     ("timing", timing),
     ("report", report),
 )
-
-
-def target_threads(spec: JobSpec) -> int:
-    """The threads the target runs with: its own setting, else the job's."""
-    return spec.target.threads or torch.get_num_threads()
 
 
 def not_faster_warning(spec: JobSpec, timing: PairedTiming) -> str:

@@ -142,9 +142,11 @@ def ensure_docker() -> list[str]:
                 raise Skip(f"apt-get could not install {' '.join(missing)}: {exc}") from None
         if not docker_ok():
             log("starting dockerd (log: /var/log/autoprune-dockerd.log)")
+            # Every container and build of this test uses the host's network: no docker0 bridge and no
+            # NAT rules, so the daemon puts no private-range address on this machine.
             with open("/var/log/autoprune-dockerd.log", "ab") as out:
-                subprocess.Popen(["dockerd"], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 start_new_session=True)  # fmt: skip
+                subprocess.Popen(["dockerd", "--bridge=none", "--iptables=false"], stdout=out,
+                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
             deadline = time.monotonic() + 60
             while not docker_ok():
                 if time.monotonic() > deadline:

@@ -6,6 +6,7 @@ registered by name, here for the built-in ones or by a plug-in module (``registe
 
 from __future__ import annotations
 
+from solvers.auto import Auto
 from solvers.base import (
     Allocation,
     AllocationProblem,
@@ -40,6 +41,7 @@ register("nap", NAP)
 register("itpruner", ITPruner)
 register("evolution", Evolution)
 register("halp", HALP)
+register("auto", Auto)  # the default for MACs/params budgets (autoprune.spec.resolve_method)
 
 
 def allocator_class(name: str) -> type[Allocator]:

@@ -9,23 +9,31 @@ variables are the channel groups, F is the project's exact closed form
 (``AllocationProblem.quadratic_cost``, in channels kept, turned into ratios), and one of two
 convex programs is solved to global optimality (docs/methods.md#itpruner):
 
-- ``"gp"`` (default): the geometric program max Π x_i^{α_i} (i.e. Σ α_i log x_i) s.t.
+- ``"qclp"`` (default): the paper's objective Σ α_i x_i with each b_ij x_i x_j replaced by its
+  upper bound b_ij (x_i² + x_j²)/2, a convex quadratic constraint. Exact when x_i = x_j,
+  conservative otherwise, so the relaxed solution lands under budget and the repair below grows
+  it back. With the cost-carried weights of :func:`ratio_program` and a cost without linear
+  terms, the relaxed optimum is x_i ∝ α_i (clipped to the bounds): equal α give equal ratios.
+- ``"gp"``: the geometric program max Π x_i^{α_i} (i.e. Σ α_i log x_i) s.t.
   F(x) − F(0) ≤ F_target − F(0), lower ≤ x ≤ 1. The constraint is the exact cost (a posynomial
   when every coefficient is ≥ 0), so the relaxed optimum sits on the budget. The objective is
   a log-utility version of ITPruner's Σ α_i x_i: at the optimum, x_i ∂F/∂x_i ∝ α_i, so the
   budget is shared in proportion to the layer weights. Deviation from the paper's objective.
-- ``"qclp"``: the paper's objective Σ α_i x_i with each b_ij x_i x_j replaced by its upper bound
-  b_ij (x_i² + x_j²)/2, a convex quadratic constraint. Exact when x_i = x_j, conservative
-  otherwise, so the relaxed solution lands under budget and the repair below grows it back.
+  With cost-carried weights it is degenerate on residual networks: scaling a residual stream's
+  ratio by t and its blocks' inner ratios by 1/t leaves every conv's MACs, and the objective,
+  unchanged, so small differences in α decide the optimum along that direction. Until
+  2026-12-03 it was the default (with α-only weights, which cut the residual streams).
 
 Both: a lower bound ``min_units/units`` on every ratio (the released code's bound of 0 can
 empty a layer); ratios rounded down to whole units (``blocks`` channels for group-conv groups);
 then grown back greedily, one unit at a time, to the group with the best objective gain per unit
 of exact cost that still fits, checked with ``problem.cost`` itself (if the solver's tolerance
 left the rounded point over budget, units are first removed by the smallest loss per cost).
-Beyond the paper's plain rounding, a local search then tries exchanges (one more unit in a
-group, paid for by shrinking the others) and keeps those that raise the objective: rounding
-down a group near its lower bound can otherwise lose much more than one unit's worth.
+Beyond the paper's plain rounding, for ``"gp"`` a local search then tries exchanges (one more
+unit in a group, paid for by shrinking the others) and keeps those that raise the objective:
+rounding down a group near its lower bound can otherwise lose much more than one unit's worth.
+Not for ``"qclp"``, whose linear objective on the exact cost is maximised at corners
+(:func:`round_to_budget`).
 """
 
 from __future__ import annotations
@@ -88,7 +96,7 @@ def build_program(
     linear: np.ndarray,
     quadratic: np.ndarray,
     budget: float,
-    formulation: str = "gp",
+    formulation: str = "qclp",
 ) -> tuple[cp.Problem, cp.Variable]:
     """The cvxpy program over ratios x for the variable part of the cost: cost(x) − cost(0) ≤ budget.
 
@@ -136,29 +144,35 @@ class ITPruner(Allocator):
 
     Diagnostics: ``solver``, ``status``, ``solve_time_s`` (compile + solve), ``objective`` (the
     solver's value of the normalised program), ``relaxed_cost_over_budget`` (exact cost of the
-    relaxed ratios / budget), both objectives with the given α at the relaxed and at the final
-    ratios (``relaxed_objective_linear``/``_log``, ``objective_linear``/``_log``), and what the
-    rounding repair did (``grown_units``, ``exchanges``); ``layer_weights``: α per group, divided
-    by its maximum (for the report's plot).
+    relaxed ratios / budget), both objectives with the program's weights at the relaxed and at
+    the final ratios (``relaxed_objective_linear``/``_log``, ``objective_linear``/``_log``), and
+    what the rounding repair did (``grown_units``, ``exchanges``); ``layer_weights``: the nHSIC α
+    per group, divided by its maximum (for the report's plot).
+
+    ``weigh_by_cost`` (default True): each group's weight is α times the cost it carries
+    (:func:`ratio_program`); False weighs by α alone, as before 2026-12-03.
     """
 
     needs = frozenset({"quadratic_cost", "layer_importance"})
     budgets = frozenset({"flops", "params"})
     summary = "ITPruner: nHSIC layer importance, widths from a convex program"
 
-    def __init__(self, formulation: str = "gp", solver: str = "CLARABEL") -> None:
+    def __init__(self, formulation: str = "qclp", solver: str = "CLARABEL", weigh_by_cost: bool = True) -> None:
         import cvxpy as cp
 
         if formulation not in FORMULATIONS:
             raise ValueError(f"formulation must be one of {FORMULATIONS}, got {formulation!r}")
         if solver not in cp.installed_solvers():
             raise ValueError(f"solver {solver!r} is not installed; installed: {cp.installed_solvers()}")
+        if not isinstance(weigh_by_cost, bool):
+            raise ValueError(f"weigh_by_cost must be True or False, got {weigh_by_cost!r}")
         self.formulation = formulation
         self.solver = solver
+        self.weigh_by_cost = weigh_by_cost
 
     def allocate(self, problem: AllocationProblem) -> Allocation:
         problem.check_feasible()
-        program = ratio_program(problem)
+        program = ratio_program(problem, self.weigh_by_cost)
         cvx, x = build_program(
             program.alpha,
             program.lower,
@@ -170,9 +184,10 @@ class ITPruner(Allocator):
         relaxed, info = solve_program(cvx, x, self.solver)
         relaxed = np.clip(relaxed, program.lower, 1.0)
         utility: Utility = np.log if self.formulation == "gp" else np.asarray
-        units, rounding = round_to_budget(problem, program, relaxed, utility)
+        units, rounding = round_to_budget(problem, program, relaxed, utility, exchange=self.formulation == "gp")
         final = units / program.units
-        weights = program.alpha / program.alpha.max()
+        importance = np.array([float(problem.layer_importance[g.id]) for g in problem.groups])  # type: ignore[index]
+        weights = importance / importance.max()
         diagnostics = {
             "formulation": self.formulation,
             **info,
@@ -190,8 +205,19 @@ class ITPruner(Allocator):
         )
 
 
-def ratio_program(problem: AllocationProblem) -> RatioProgram:
-    """The problem's quadratic cost and layer weights as arrays over its groups' keep ratios."""
+def ratio_program(problem: AllocationProblem, weigh_by_cost: bool = True) -> RatioProgram:
+    """The problem's quadratic cost and layer weights as arrays over its groups' keep ratios.
+
+    With ``weigh_by_cost`` a group's weight is its α times the cost it carries at full width
+    (x_i ∂F/∂x_i at x = 1: its share of the cost's variable part). ITPruner's variables are
+    single layers, each with its own α, and the CIFAR ResNets' layers all cost about the same
+    MACs; a group here ties several layers together (a residual stream: every block's output
+    and input), and tying layers sums their terms, so its weight is the sum of its layers'. With
+    equal α the ``"qclp"`` optimum is then the uniform ratio for a cost without linear terms, as
+    in the paper's released near-uniform CIFAR configurations; unweighted, the log-utility program gave
+    every group the same cost share, so the residual streams, which carry several layers' MACs,
+    were cut to a few channels (docs/methods.md#itpruner).
+    """
     q, importance = problem.quadratic_cost, problem.layer_importance
     if q is None:
         raise ValueError("ITPruner needs problem.quadratic_cost (the closed-form cost)")
@@ -210,12 +236,16 @@ def ratio_program(problem: AllocationProblem) -> RatioProgram:
     for (g, h), c in q.quadratic.items():
         i, j = sorted((index[g], index[h]))
         quadratic[i, j] += c * channels[i] * channels[j]
+    linear = np.array([q.linear.get(gid, 0.0) for gid in ids]) * channels
+    alpha = np.array([float(importance[gid]) for gid in ids])
+    if weigh_by_cost:
+        alpha = alpha * (linear + (quadratic + quadratic.T) @ np.ones(len(ids)))
     program = RatioProgram(
-        alpha=np.array([float(importance[gid]) for gid in ids]),
+        alpha=alpha,
         lower=np.array([g.min_units / g.units for g in problem.groups]),
         units=np.array([g.units for g in problem.groups], dtype=np.float64),
         constant=float(q.constant),
-        linear=np.array([q.linear.get(gid, 0.0) for gid in ids]) * channels,
+        linear=linear,
         quadratic=quadratic,
         budget=float(problem.budget),
     )
@@ -232,14 +262,18 @@ def _gain(program: RatioProgram, utility: Utility, units: np.ndarray) -> np.ndar
 
 
 def round_to_budget(
-    problem: AllocationProblem, program: RatioProgram, ratios: np.ndarray, utility: Utility
+    problem: AllocationProblem, program: RatioProgram, ratios: np.ndarray, utility: Utility, exchange: bool = True
 ) -> tuple[np.ndarray, dict[str, int]]:
     """Whole units from relaxed ratios with ``problem.cost`` ≤ budget, and what the repair did.
 
     Round down (shrinking further if the solver's tolerance left the point over budget), grow
-    back greedily, then try exchanges: one more unit in a group paid for by shrinking the others.
-    Rounding down a group that sits near its lower bound can lose more objective than the greedy
-    can regain (a knapsack effect, large when groups have few units); the exchanges recover it.
+    back greedily, then (``exchange``) try exchanges: one more unit in a group paid for by
+    shrinking the others. Rounding down a group that sits near its lower bound can lose more
+    objective than the greedy can regain (a knapsack effect, large when groups have few units);
+    the exchanges recover it. Not for the linear objective ("qclp"): under the exact bilinear
+    cost its optimum lies at corners (the non-convexity the convex bound avoids), and the
+    exchanges walked there: on a partly trained ResNet-20 at half the MACs, 46 exchanges took the relaxed
+    ratios 0.60–0.89 to 4 of 32 and 7 of 64 channels in some groups, whole in others.
     """
     low = np.array([g.min_units for g in problem.groups], dtype=np.float64)
     units = np.clip(np.floor(ratios * program.units + ROUNDING_SLACK), low, program.units)
@@ -247,7 +281,7 @@ def round_to_budget(
     if units is None:  # unreachable after check_feasible: the lower bounds fit the budget
         raise ValueError("no whole-unit allocation fits the budget")
     units, grown = _grow(problem, program, units, utility)
-    units, exchanges = _exchange(problem, program, units, low, utility)
+    units, exchanges = _exchange(problem, program, units, low, utility) if exchange else (units, 0)
     return units, {"grown_units": grown, "exchanges": exchanges}
 
 

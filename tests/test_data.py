@@ -15,7 +15,9 @@ from PIL import Image
 
 from autoprune.data import DataLimits, ImageData, iterate_batches, load_data
 from autoprune.data.loader import normalize
+from autoprune.data.preprocess import Preprocess
 from autoprune.errors import DataError, UnknownNameError, UnsafeInputError
+from autoprune.spec import SpecError
 
 MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 
@@ -279,13 +281,46 @@ def test_folder_layout(tmp_path: Path) -> None:
     assert (len(data.train_y), len(data.test_y)) == (9, 3)
     assert data.train_y.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     for cls, label in (("cat", 0), ("dog", 1), ("fox", 2)):
-        pixel = data.train_x[data.train_y == label][0, :, 16, 16]
+        pixel = data.train_x[data.train_y == label].tensor()[0, :, 16, 16]
         assert (pixel.int() - torch.tensor(COLOURS[cls])).abs().max() <= 8
 
 
 def test_folder_val_and_image_size(tmp_path: Path) -> None:
-    data = load_data(f"folder:{_write_folder(tmp_path / 'pets', 'val')}", limits=DataLimits(image_size=16))
-    assert data.input_shape == (3, 16, 16) and len(data.test_y) == 3
+    pre = Preprocess(size=(16, 24))
+    data = load_data(f"folder:{_write_folder(tmp_path / 'pets', 'val')}", preprocess=pre)
+    assert data.input_shape == (3, 16, 24) and len(data.test_y) == 3
+    assert data.preprocess is not None and data.preprocess.size == (16, 24) and data.preprocess.mean == data.mean
+
+
+def test_folder_centre_crop_and_images_smaller_than_the_crop(tmp_path: Path) -> None:
+    """A centre crop takes the middle of the resized image; an image smaller than the crop is refused, named."""
+    root = tmp_path / "halves"
+    for split in ("train", "test"):
+        d = root / split / "a"
+        d.mkdir(parents=True)
+        img = Image.new("RGB", (40, 20), (255, 0, 0))
+        img.paste((0, 0, 255), (10, 0, 30, 20))  # blue middle half, red outer quarters
+        img.save(d / "img.png")
+    pre = Preprocess(size=(16, 16), crop="center", resize=16, interpolation="nearest", normalize="none")
+    data = load_data(f"folder:{root}", preprocess=pre)
+    assert data.input_shape == (3, 16, 16) and data.mean == (0.0,) * 3 and data.std == (1.0,) * 3
+    image = data.train_x.tensor()[0]
+    assert image[2].min() == 255 and image[0].max() == 0  # only the blue middle is kept
+    with pytest.raises(
+        DataError, match=r"img\.png is 40x20 pixels .* smaller than the model's 24x24 .*--input-size 20"
+    ):
+        load_data(f"folder:{root}", preprocess=Preprocess(size=(24, 24), crop="center", resize=24))
+
+
+def test_npz_at_an_input_size_and_imagenet_statistics(tmp_path: Path) -> None:
+    rgb = _write_npz(tmp_path / "rgb", (_images(4, (16, 16, 3)), np.arange(4)), (_images(2, (16, 16, 3)), np.arange(2)))
+    data = load_data(f"npz:{rgb}", preprocess=Preprocess(size=(12, 10), normalize="imagenet"))
+    assert data.input_shape == (3, 12, 10) and data.mean == (0.485, 0.456, 0.406)
+    with pytest.raises(DataError, match=r"16x16 pixels .* smaller than the model's 20x20"):
+        load_data(f"npz:{rgb}", preprocess=Preprocess(size=(20, 20), crop="center", resize=23))
+    grey = _write_npz(tmp_path / "grey", (_images(4, (8, 8)), np.arange(4)), (_images(2, (8, 8)), np.arange(2)))
+    with pytest.raises(SpecError, match="ImageNet's statistics have 3 values but the model's inputs have 1 channels"):
+        load_data(f"npz:{grey}", preprocess=Preprocess(normalize="imagenet"))
 
 
 def test_folder_refusals(tmp_path: Path) -> None:
@@ -358,3 +393,62 @@ def test_tar_gz_of_folder_and_of_npz_load(tmp_path: Path) -> None:
 def test_missing_archive_is_a_data_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="nope.zip does not exist"):
         load_data(str(tmp_path / "nope.zip"))
+
+
+# --- folders read lazily (issue 18) ----------------------------------------------------------
+
+
+def _gradient_folder(root: Path, count: int, side: int) -> Path:
+    for split, n in (("train", count), ("test", 4)):
+        for label in range(2):
+            d = root / split / f"c{label}"
+            d.mkdir(parents=True)
+            for i in range(n // 2):
+                img = Image.linear_gradient("L").resize((side + i % 7, side)).convert("RGB")
+                img.save(d / f"{i}.png")
+    return root
+
+
+def test_folder_images_stay_on_disk_and_memory_stays_bounded(tmp_path: Path) -> None:
+    """128 images at 64 px would need 1.5 MB decoded at once, over a 0.5 MB cap; batches of 8
+    are decoded one at a time, so the peak of what is decoded stays far under it."""
+    import tracemalloc
+
+    from autoprune.data.lazy import LazyImages
+
+    root = _gradient_folder(tmp_path / "grad", 128, 64)
+    data = load_data(f"folder:{root}", limits=DataLimits(max_array_bytes=500_000), preprocess=Preprocess(size=(64, 64)))
+    assert isinstance(data.train_x, LazyImages) and data.input_shape == (3, 64, 64)
+    tracemalloc.start()
+    seen = sum(len(y) for _, y in iterate_batches(data, "train", 8))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert seen == 128 and peak < 400_000
+
+
+def test_large_inputs_train_on_random_resized_crops_reproducibly(tmp_path: Path, monkeypatch) -> None:
+    root = _gradient_folder(tmp_path / "grad", 64, 72)
+    data = load_data(f"folder:{root}", preprocess=Preprocess(size=(64, 64)))
+
+    def epoch(workers: str) -> torch.Tensor:
+        monkeypatch.setenv("AUTOPRUNE_LOADER_WORKERS", workers)
+        batches = iterate_batches(
+            data, "train", 8, shuffle=True, augment=True, generator=torch.Generator().manual_seed(3)
+        )
+        return torch.cat([x for x, _ in batches])
+
+    in_process, two_workers = epoch("0"), epoch("2")
+    assert in_process.shape == (64, 3, 64, 64) and torch.equal(in_process, two_workers)
+    plain = torch.cat(
+        [x for x, _ in iterate_batches(data, "train", 8, shuffle=True, generator=torch.Generator().manual_seed(3))]
+    )
+    assert not torch.allclose(in_process, plain)  # crops and flips, not the evaluation resize
+
+
+def test_an_image_that_does_not_decode_is_named(tmp_path: Path) -> None:
+    root = _gradient_folder(tmp_path / "grad", 8, 32)
+    broken = root / "train" / "c1" / "0.png"
+    broken.write_bytes(broken.read_bytes()[:80])  # the header survives, the pixels do not
+    data = load_data(f"folder:{root}", preprocess=Preprocess(normalize="none"))
+    with pytest.raises(DataError, match=r"could not read image .*c1/0\.png"):
+        list(iterate_batches(data, "train", 4))

@@ -64,6 +64,7 @@ def _spec(tmp_path, weights, **changes) -> JobSpec:
 def test_a_cut_that_is_not_faster_is_re_solved_with_wider_steps(tmp_path, trained_resnet20, monkeypatch):
     measured = iter([0.8, 0.95, 1.3])  # step 1 slower, step 8 slower, step 16 faster: step 16 is kept
     monkeypatch.setattr(stages, "_speedup", lambda ctx, pruned: next(measured))
+    monkeypatch.setattr(stages, "measured_step", lambda ctx: 8)  # this host's runtime wants multiples of 8
     report = run(_spec(tmp_path, trained_resnet20)).to_dict()
     check = report["allocation"][0]["faster_check"]
     assert [t["channel_step"] for t in check["tried"]] == [1, 8, 16]
@@ -74,10 +75,12 @@ def test_a_cut_that_is_not_faster_is_re_solved_with_wider_steps(tmp_path, traine
 
 def test_a_model_that_stays_slower_is_reported_as_such(tmp_path, trained_resnet20, monkeypatch):
     monkeypatch.setattr(stages, "_speedup", lambda ctx, pruned: 0.9)  # no step helps
+    monkeypatch.setattr(stages, "measured_step", lambda ctx: 4)  # tried first, before 8, 16, 32
     slower = PairedTiming(before_ms=1.0, after_ms=1.1, ratio=1.1, ratio_q1=1.05, ratio_q3=1.15, rounds=2)
     monkeypatch.setattr(stages, "paired_model_timing", lambda *args, **kwargs: slower)
     report = run(_spec(tmp_path, trained_resnet20)).to_dict()
-    assert [t["channel_step"] for t in report["allocation"][0]["faster_check"]["tried"]] == [1, 8, 16, 32]
+    check = report["allocation"][0]["faster_check"]
+    assert check["measured_step"] == 4 and [t["channel_step"] for t in check["tried"]] == [1, 4, 8, 16, 32]
     assert report["faster"] is False and "not faster" in report["warnings"][0]
     assert report["latency"]["paired"]["onnxruntime"]["ratio"] == 1.1
 

@@ -56,14 +56,14 @@ def test_bn_scale_is_abs_gamma():
 def test_taylor_matches_per_example_activation_times_gradient():
     net = tiny()
     scores = get_criterion("taylor").score(build_graph(net, X[:1]), batches)
-    # Direct: z = BN output, per example |mean_{h,w} z * dC_n/dz|, mean over the 8 examples.
+    # Direct: z = BN output, per example |sum_{h,w} z * dC_n/dz|, mean over the 8 examples.
     expected = torch.zeros(6, dtype=torch.float64)
     for n in range(8):
         z = net[1](net[0](X[n : n + 1]))
         z.retain_grad()
         loss = nn.functional.cross_entropy(net[5](net[4](net[3](net[2](z.clone())))), Y[n : n + 1])
         loss.backward()
-        expected += (z * z.grad).mean((2, 3)).abs()[0].double().detach()
+        expected += (z * z.grad).sum((2, 3)).abs()[0].double().detach()
     np.testing.assert_allclose(scores["0"], (expected / 8).numpy(), rtol=1e-4)
 
 

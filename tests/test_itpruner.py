@@ -207,14 +207,14 @@ INSTANCES = [
 def test_geometric_program_matches_brute_force(alpha, fraction):
     problem = chain(alpha, fraction)
     best, _ = brute_force(problem, np.log)
-    program = ratio_program(problem)
+    program = ratio_program(problem, weigh_by_cost=False)  # the solver's math, on the given α
     variable_budget = program.budget - program.constant
-    cvx, x = build_program(program.alpha, program.lower, program.linear, program.quadratic, variable_budget)
+    cvx, x = build_program(program.alpha, program.lower, program.linear, program.quadratic, variable_budget, "gp")
     relaxed, info = solve_program(cvx, x, "CLARABEL")
     assert info["status"] == "optimal"
     assert program.cost(relaxed) == pytest.approx(problem.budget, rel=1e-6)  # exact cost, on the budget
     assert program.alpha @ np.log(relaxed) >= best - 1e-9  # the relaxation bounds the integer optimum
-    allocation = ITPruner("gp").allocate(problem)
+    allocation = ITPruner("gp", weigh_by_cost=False).allocate(problem)
     check_allocation(problem, dict(allocation.keep))
     assert best - 0.01 * sum(alpha) <= allocation.diagnostics["objective_log"] <= best + 1e-12
 
@@ -229,7 +229,7 @@ def test_geometric_program_is_exact_when_the_optimum_is_integral():
     problem = chain(tuple(x * grad), 0.5)
     problem = dataclasses.replace(problem, budget=problem.cost(target))
     assert brute_force(problem, np.log)[1] == target
-    allocation = ITPruner("gp").allocate(problem)
+    allocation = ITPruner("gp", weigh_by_cost=False).allocate(problem)
     assert dict(allocation.keep) == target and allocation.cost == problem.budget
 
 
@@ -249,7 +249,7 @@ def surrogate_by_water_filling(alpha, lower, linear, d, budget) -> np.ndarray:
 @pytest.mark.parametrize(("alpha", "fraction"), INSTANCES)
 def test_convexified_program_is_the_paper_objective_under_the_convex_bound(alpha, fraction):
     problem = chain(alpha, fraction)
-    program = ratio_program(problem)
+    program = ratio_program(problem, weigh_by_cost=False)  # the solver's math, on the given α
     variable_budget = program.budget - program.constant
     cvx, x = build_program(program.alpha, program.lower, program.linear, program.quadratic, variable_budget, "qclp")
     relaxed, _ = solve_program(cvx, x, "CLARABEL")
@@ -259,11 +259,43 @@ def test_convexified_program_is_the_paper_objective_under_the_convex_bound(alpha
     np.testing.assert_allclose(relaxed, expected, atol=1e-4)
     assert program.alpha @ relaxed == pytest.approx(program.alpha @ expected, rel=1e-6)
     assert program.cost(relaxed) <= problem.budget * (1 + 1e-7)  # conservative: the exact cost fits
-    allocation = ITPruner("qclp").allocate(problem)
+    allocation = ITPruner("qclp", weigh_by_cost=False).allocate(problem)
     check_allocation(problem, dict(allocation.keep))
     loss_bound = float(np.sum(program.alpha / program.units))  # rounding down loses < 1 unit per group
     assert allocation.diagnostics["objective_linear"] >= program.alpha @ relaxed - loss_bound
     assert allocation.diagnostics["objective_linear"] <= brute_force(problem, lambda r: r)[0] + 1e-12
+
+
+def test_equal_layer_weights_give_uniform_ratios_whatever_cost_a_group_carries():
+    # A chain a → b → c with equal MACs per conv: b sits between two convs and carries twice the
+    # cost of a or c. Weighted by the cost it carries, equal α keep the same ratio everywhere (the
+    # paper's per-layer variables): the relaxed optimum is x = ½ for all, and the whole-unit
+    # repair may trade one unit along the objective's flat direction (7, 9, 7 scores as 8, 8, 8).
+    # Weighted by α alone, a and c kept twice b's ratio.
+    groups = tuple(GroupSpec(id=g, channels=16) for g in "abc")
+    cost = QuadraticCost(constant=0.0, linear={}, quadratic={("a", "b"): 9.0, ("b", "c"): 9.0})
+    problem = AllocationProblem(
+        groups=groups, scores={g.id: np.ones(16) for g in groups}, cost=cost,
+        budget=0.25 * cost({"a": 16, "b": 16, "c": 16}), quadratic_cost=cost,
+        layer_importance={"a": 1.0, "b": 1.0, "c": 1.0},
+    )  # fmt: skip
+    allocation = ITPruner("qclp").allocate(problem)
+    assert all(abs(n - 8) <= 1 for n in allocation.keep.values())
+    assert allocation.diagnostics["relaxed_objective_linear"] == pytest.approx(
+        0.5 * sum(ratio_program(problem).alpha), rel=1e-4
+    )
+
+
+def test_default_beta_is_the_number_of_groups():
+    # β·s̃_i = s_i / mean(s): a group's redundancy relative to the average (released default: 246).
+    net = tiny()
+    x = torch.randn(12, 3, 8, 8, generator=generator(7))
+    graph = build_graph(net, x[:1])
+    batches = lambda: iter([(x, torch.zeros(12))])  # noqa: E731
+    ids, s = layer_similarity(graph, batches)
+    expected = importance_from_similarity(s, float(len(ids)))
+    np.testing.assert_allclose(list(layer_importance(graph, batches).values()), expected, rtol=1e-12)
+    assert layer_importance(graph, batches, beta=246.0) != layer_importance(graph, batches)
 
 
 @pytest.fixture(scope="module")

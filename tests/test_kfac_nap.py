@@ -302,14 +302,18 @@ def test_nap_ranks_raw_loss_increases_not_per_layer_normalised_scores():
 def test_a_group_conv_unit_costs_the_sum_of_its_channels():
     # a: 2 units of 2 channels, each unit loses 3 + 3 = 6 > 5 of one b channel: the a unit is kept.
     problem = toy(5, {"a": [9, 3, 9, 3], "b": [5, 5, 5]}, blocks={"a": 2})
-    assert dict(NAP().allocate(problem).keep) == {"a": 4, "b": 1}
+    assert dict(NAP(per_cost=False).allocate(problem).keep) == {"a": 4, "b": 1}
+    # per cost saved: the a unit frees 2 channels for 6 (3 each), two b channels 5 each
+    assert dict(NAP().allocate(problem).keep) == {"a": 2, "b": 3}
 
 
-def test_per_cost_ranking_removes_expensive_channels_first():
+def test_per_cost_ranking_removes_expensive_channels_first_by_default():
+    # Raw ranking (NAP's for weights, which all cost one parameter) kept fewer channels of both
+    # and lost more: under a cost budget the least loss for the cost to remove is s / ΔC.
     cost = lambda keep: float(keep["a"] + 10 * keep["b"])  # noqa: E731
     problem = toy(13, {"a": [2, 2, 2], "b": [3, 3, 3]}, cost=cost)
-    assert dict(NAP().allocate(problem).keep) == {"a": 1, "b": 1}  # b's 3 ranks first but does not fit
-    assert dict(NAP(per_cost=True).allocate(problem).keep) == {"a": 3, "b": 1}  # 2/1 > 3/10
+    assert dict(NAP(per_cost=False).allocate(problem).keep) == {"a": 1, "b": 1}  # b's 3 ranks first but does not fit
+    assert dict(NAP().allocate(problem).keep) == {"a": 3, "b": 1}  # 2/1 > 3/10
 
 
 def test_nap_meets_a_macs_budget_on_a_toy_chain():

@@ -18,10 +18,16 @@ from autoprune.measure import count_cost
 from autoprune.spec import Budget
 from autoprune.surgery import apply_plan, make_plan
 from solvers import ALLOCATORS, AllocationProblem, GroupSpec, InfeasibleBudget, get_allocator
+from solvers.auto import Auto
 from solvers.evolution import Evolution
+from solvers.global_rank import GlobalRank
+from solvers.uniform import Uniform
 
 X = torch.zeros(1, 3, 32, 32)
-QUICK = {"evolution": Evolution(trials=3, population=2)}  # the contract, not the search quality
+QUICK = {  # the contract, not the search quality
+    "evolution": Evolution(trials=3, population=2),
+    "auto": Auto({"global": GlobalRank(), "uniform": Uniform()}),
+}
 
 
 def make_setup(arch: str, digits):
@@ -173,14 +179,15 @@ def test_snapping_to_a_channel_step_keeps_multiples_and_the_budget():
 
 
 def test_the_default_method_follows_the_budget_kind():
-    """``auto`` (the default) is global for MACs/params budgets and HALP for latency; names pass through."""
+    """``auto`` (the default) is the chooser for MACs/params budgets and HALP for latency; names pass through."""
     from autoprune.spec import DEFAULT_METHOD, Budget, JobSpec
 
     def spec(budget: str, **method) -> JobSpec:
         return JobSpec(arch="resnet20", data="digits", budget=Budget.parse(budget), out_dir="-", **method)
 
     assert DEFAULT_METHOD == "auto"
-    assert spec("flops=0.5").method == spec("params=0.6").method == "global"
+    assert spec("flops=0.5").method == spec("params=0.6").method == "auto"
     assert spec("latency_ms=2").method == spec("latency=0.7").method == "halp"
     assert spec("flops=0.5", method="evolution").method == "evolution"
-    assert spec("flops=0.5").evolve(seed=3).method == "global"
+    assert spec("flops=0.5").evolve(seed=3).method == "auto"
+    assert spec("flops=0.5", method="global").method == "global"

@@ -16,7 +16,7 @@ ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 422, 429)}
 
 
 @router.get("", response_model=ArtifactsPublic, responses=ERRORS)
-def list_artifacts(job: JobDep) -> ArtifactsPublic:
+async def list_artifacts(job: JobDep) -> ArtifactsPublic:
     """Names, sizes and SHA-256 of the published outputs (empty until the job succeeds)."""
     return ArtifactsPublic(data=[ArtifactPublic.of(a) for a in job.artifacts], count=len(job.artifacts))
 

@@ -57,7 +57,7 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=ERRORS)
-def get_job(job: JobDep) -> JobPublic:
+async def get_job(job: JobDep) -> JobPublic:
     """Status, stage, progress, ETA, error and (when succeeded) the report."""
     return JobPublic.of(job)
 

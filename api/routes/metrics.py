@@ -17,14 +17,14 @@ from api.schemas import ErrorBody
 router = APIRouter(tags=["metrics"])
 
 
-def scope(
+async def scope(
     request: Request, state: StateDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> str | None:
     """None for the operator's token; else the owner of an ordinary token (401/429 as elsewhere)."""
     operator = state.settings.metrics_token
     if operator and credentials is not None and hmac.compare_digest(credentials.credentials, operator):
         return None
-    return current_owner(request, state, credentials)
+    return await current_owner(request, state, credentials)
 
 
 @router.get(

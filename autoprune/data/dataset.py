@@ -6,6 +6,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from autoprune.data.lazy import LazyImages, histograms
+from autoprune.data.preprocess import Preprocess
 from autoprune.errors import DataError
 
 MIN_STD = 1e-3
@@ -15,19 +17,21 @@ MIN_STD = 1e-3
 class ImageData:
     """Train and test images kept as uint8 NCHW tensors (4x smaller than float; normalised per batch).
 
-    ``mean``/``std`` are per-channel statistics of ``train_x`` on the 0–1 scale; ``std`` is floored at
+    ``mean``/``std`` are what batches are normalised with: per-channel statistics of ``train_x``
+    on the 0–1 scale unless the input spec says otherwise (ImageNet's, given ones); ``std`` is floored at
     ``MIN_STD`` so a constant channel cannot cause a division by zero. ``eq=False`` because tensors
     have no single truth value.
     """
 
     name: str
-    train_x: torch.Tensor
+    train_x: torch.Tensor | LazyImages  # LazyImages: a folder's files, decoded per batch
     train_y: torch.Tensor
-    test_x: torch.Tensor
+    test_x: torch.Tensor | LazyImages
     test_y: torch.Tensor
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    preprocess: Preprocess | None = None  # how the images were made and are normalised (set by load_data)
 
     def __post_init__(self) -> None:
         for split in ("train", "test"):
@@ -46,19 +50,26 @@ class ImageData:
         cls,
         *,
         name: str,
-        train_x: torch.Tensor,
+        train_x: torch.Tensor | LazyImages,
         train_y: torch.Tensor,
-        test_x: torch.Tensor,
+        test_x: torch.Tensor | LazyImages,
         test_y: torch.Tensor,
         num_classes: int | None = None,
+        stats: bool = True,
     ) -> ImageData:
-        """Make an ImageData, deriving mean/std from ``train_x`` and ``num_classes`` from the labels."""
+        """Make an ImageData, deriving mean/std from ``train_x`` and ``num_classes`` from the labels;
+        ``stats=False`` leaves mean 0 / std 1 for the caller to set (no pass over images on disk)."""
         train_y, test_y = train_y.to(torch.int64), test_y.to(torch.int64)
         if len(train_y) == 0 or len(test_y) == 0:
             raise DataError(f"dataset {name!r} has an empty train or test split")
         if num_classes is None:
             num_classes = int(max(train_y.max(), test_y.max())) + 1
-        mean, std = channel_stats(train_x)
+        if not stats:
+            mean, std = (0.0,) * train_x.shape[1], (1.0,) * train_x.shape[1]
+        elif isinstance(train_x, LazyImages):
+            mean, std = _stats_of_counts(histograms(train_x))
+        else:
+            mean, std = channel_stats(train_x)
         return cls(
             name=name,
             train_x=train_x.contiguous(),
@@ -101,10 +112,16 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
     """
     if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[0] == 0:
         raise DataError(f"channel statistics need non-empty uint8 NCHW images, got {x.dtype} {tuple(x.shape)}")
+    return _stats_of_counts(
+        torch.stack([torch.bincount(x[:, c].reshape(-1), minlength=256).to(torch.float64) for c in range(x.shape[1])])
+    )
+
+
+def _stats_of_counts(per_channel: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean/std per channel from (C, 256) histograms of pixel values."""
     values = torch.arange(256, dtype=torch.float64) / 255.0
     means, stds = [], []
-    for c in range(x.shape[1]):
-        counts = torch.bincount(x[:, c].reshape(-1), minlength=256).to(torch.float64)
+    for counts in per_channel:
         total = counts.sum()
         mean = float((counts * values).sum() / total)
         var = float((counts * values.square()).sum() / total) - mean * mean
@@ -113,10 +130,13 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
     return tuple(means), tuple(stds)
 
 
-def _check_split(name: str, split: str, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> None:
+def _check_split(name: str, split: str, x: torch.Tensor | LazyImages, y: torch.Tensor, num_classes: int) -> None:
     """Catch malformed tensors where the dataset is made rather than deep inside training."""
     where = f"dataset {name!r} {split} split"
-    if x.dtype != torch.uint8 or x.ndim != 4 or not x.is_contiguous():
+    if isinstance(x, LazyImages):
+        if len(y) != len(x):
+            raise DataError(f"{where}: {len(x)} images but {len(y)} labels")
+    elif x.dtype != torch.uint8 or x.ndim != 4 or not x.is_contiguous():
         raise DataError(f"{where}: images must be contiguous uint8 NCHW, got {x.dtype} {tuple(x.shape)}")
     if y.dtype != torch.int64 or y.ndim != 1 or len(y) != len(x):
         raise DataError(f"{where}: labels must be int64 of shape ({len(x)},), got {y.dtype} {tuple(y.shape)}")

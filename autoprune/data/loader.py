@@ -1,7 +1,8 @@
-"""Batches of normalised tensors straight from ImageData, without DataLoader worker processes.
+"""Batches of normalised tensors from ImageData, reproducible through one ``torch.Generator``.
 
-The whole dataset is already an in-memory uint8 tensor, so indexing it is faster than a
-DataLoader and keeps shuffling and augmentation reproducible through one ``torch.Generator``.
+An in-memory dataset (digits, npz) is a uint8 tensor, and indexing it is faster than a
+DataLoader; a folder's images stay on disk and are decoded per batch by DataLoader workers
+(``autoprune.data.lazy``), in the same order and with the same generator draws.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from autoprune.data.dataset import ImageData
+from autoprune.data.lazy import LazyImages, augments_by_crop, decoded_batches
 from autoprune.errors import DataError, UnknownNameError
 
 CROP_PADDING = 4
@@ -58,7 +60,7 @@ def iterate_batches(
 
 def _batches(
     data: ImageData,
-    x: torch.Tensor,
+    x: torch.Tensor | LazyImages,
     y: torch.Tensor,
     order: torch.Tensor,
     batch_size: int,
@@ -66,10 +68,33 @@ def _batches(
     augment: bool,
     generator: torch.Generator | None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    if isinstance(x, LazyImages):
+        yield from _lazy_batches(data, x, y, order, batch_size, batches, augment, generator)
+        return
     for b in range(batches):
         idx = order[b * batch_size : (b + 1) * batch_size]
         xb = normalize(x[idx], data.mean, data.std)
         yield (random_crop_flip(xb, generator) if augment else xb), y[idx]
+
+
+def _lazy_batches(
+    data: ImageData,
+    x: LazyImages,
+    y: torch.Tensor,
+    order: torch.Tensor,
+    batch_size: int,
+    batches: int,
+    augment: bool,
+    generator: torch.Generator | None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches decoded from disk; large inputs are augmented while decoded (RandomResizedCrop)."""
+    chunks = [order[b * batch_size : (b + 1) * batch_size] for b in range(batches)]
+    by_crop = augment and augments_by_crop(x)
+    seeds = torch.randint(0, 2**31 - 1, (batches,), generator=generator).tolist() if by_crop else None
+    decoded = decoded_batches(x, [c.tolist() for c in chunks], seeds)
+    for idx, raw in zip(chunks, decoded, strict=True):
+        xb = normalize(raw, data.mean, data.std)
+        yield (random_crop_flip(xb, generator) if augment and not by_crop else xb), y[idx]
 
 
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None, padding: int = CROP_PADDING) -> torch.Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,60 +20,84 @@ from PIL import Image
 
 from autoprune.data.archive import ArchiveLimits, archive_kind, extract_archive
 from autoprune.data.dataset import ImageData
+from autoprune.data.lazy import IMAGE_ERRORS, ExtractedDir, LazyImages, files_of
+from autoprune.data.preprocess import (
+    DEFAULT_PREPROCESS,
+    FOLDER_SIDE,
+    Preprocess,
+    resize_tensor,
+    small_image_error,
+    statistics,
+    too_small,
+)
 from autoprune.errors import DataError, UnknownNameError, UnsafeInputError
 
 ACCEPTED_FORMS = (
     "'digits', 'npz:DIR', 'folder:DIR', or a .zip/.tar/.tar.gz/.tgz archive (bare or as 'npz:ARCHIVE'/'folder:ARCHIVE')"
 )
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
-IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)  # what PIL raises for broken files
 NPY_HEADER_ALLOWANCE = 1 << 16  # an .npy member's header and padding, beyond its array's bytes
 RATIO_FREE_BYTES = 1 << 20  # members this small are not ratio-checked (tiny label arrays compress well)
 
 
 @dataclass(frozen=True, kw_only=True)
 class DataLimits:
-    """Caps on what a dataset may cost to load; ``image_size`` is the side folder images are resized to."""
+    """Caps on what a dataset may cost to load (the size images are brought to is the model's: ``Preprocess``)."""
 
     max_images: int = 2_000_000
     max_pixels_per_image: int = 4096 * 4096
-    image_size: int = 32
     max_classes: int = 100_000
     max_array_bytes: int = 4 << 30  #: an npz dataset's images (train and test together), once decompressed
     archive: ArchiveLimits = field(default_factory=ArchiveLimits)
 
 
-def load_data(ref: str, *, limits: DataLimits = DataLimits(), work_dir: str | Path | None = None) -> ImageData:
-    """Load the dataset ``ref`` names (see ACCEPTED_FORMS).
+def load_data(
+    ref: str,
+    *,
+    limits: DataLimits = DataLimits(),
+    work_dir: str | Path | None = None,
+    preprocess: Preprocess = DEFAULT_PREPROCESS,
+) -> ImageData:
+    """Load the dataset ``ref`` names (see ACCEPTED_FORMS), its images brought to the model's
+    input and normalised as ``preprocess`` says; the data records the resolved ``preprocess``.
 
     Archives are extracted into a fresh directory under ``work_dir`` (kept there), or into a
-    temporary directory removed before returning, since the data is then held in memory.
+    temporary directory removed when no dataset reads from it any more (an npz at once, being
+    in memory; a folder's files when its images are no longer referenced, or at exit).
     """
+    data = _load(ref, limits, work_dir, preprocess)
+    channels, height, width = data.input_shape
+    resolved = statistics(replace(preprocess, size=(height, width)), data.mean, data.std)
+    assert resolved.mean is not None and resolved.std is not None
+    return replace(data, mean=resolved.mean, std=resolved.std, preprocess=resolved)
+
+
+def _load(ref: str, limits: DataLimits, work_dir: str | Path | None, pre: Preprocess) -> ImageData:
     if ref == "digits":
-        return load_digits(limits)
+        return load_digits(pre)
     kind, sep, rest = ref.partition(":")
     if not sep or kind not in ("npz", "folder"):
         kind, rest = "", ref
     path = Path(rest).expanduser()
     if rest and archive_kind(path) is not None:
-        return _load_archive(path, kind or None, limits, work_dir)
+        return _load_archive(path, kind or None, limits, work_dir, pre)
     if rest and kind == "npz":
-        return load_npz_dir(path, limits)
+        return load_npz_dir(path, limits, pre=pre)
     if rest and kind == "folder":
-        return load_folder(path, limits)
+        return load_folder(path, limits, pre=pre)
     raise UnknownNameError(f"unknown dataset {ref!r}; use {ACCEPTED_FORMS}")
 
 
-def load_digits(limits: DataLimits = DataLimits()) -> ImageData:
-    """scikit-learn's 8×8 digits (ships offline) as RGB ``image_size`` squares, split 80/20 stratified."""
+def load_digits(pre: Preprocess = DEFAULT_PREPROCESS) -> ImageData:
+    """scikit-learn's 8×8 digits (ships offline) as RGB images drawn at the input size (32 px by
+    default), split 80/20 stratified."""
     # sklearn is slow to import and only this dataset needs it.
     from sklearn.datasets import load_digits as sklearn_digits
     from sklearn.model_selection import train_test_split
 
     bunch = sklearn_digits()
     grey = torch.from_numpy(bunch.images).to(torch.float32).mul(255.0 / 16.0).unsqueeze(1)
-    size = limits.image_size
-    big = F.interpolate(grey, size=(size, size), mode="bilinear", align_corners=False)
+    big = F.interpolate(grey, size=pre.size or (FOLDER_SIDE, FOLDER_SIDE), mode="bilinear", align_corners=False)
     x = big.round().clamp(0, 255).to(torch.uint8).repeat(1, 3, 1, 1)
     y = torch.from_numpy(bunch.target).to(torch.int64)
     train_idx, test_idx = train_test_split(np.arange(len(y)), test_size=0.2, random_state=0, stratify=bunch.target)
@@ -91,8 +115,11 @@ def load_digits(limits: DataLimits = DataLimits()) -> ImageData:
 # --- npz -------------------------------------------------------------------------------------
 
 
-def load_npz_dir(directory: Path, limits: DataLimits = DataLimits(), name: str | None = None) -> ImageData:
-    """A directory with one ``*train*.npz`` and one ``*test*.npz``, each holding ``x`` (uint8) and ``y``."""
+def load_npz_dir(
+    directory: Path, limits: DataLimits = DataLimits(), name: str | None = None, *, pre: Preprocess = DEFAULT_PREPROCESS
+) -> ImageData:
+    """A directory with one ``*train*.npz`` and one ``*test*.npz``, each holding ``x`` (uint8) and ``y``;
+    the images stay at their own size unless ``pre`` sets one."""
     if not directory.is_dir():
         raise DataError(f"npz dataset directory {directory} does not exist or is not a directory")
     train_path, test_path = _find_npz(directory, "train"), _find_npz(directory, "test")
@@ -103,11 +130,13 @@ def load_npz_dir(directory: Path, limits: DataLimits = DataLimits(), name: str |
         raise DataError(
             f"{train_path.name} holds {train_x.shape[1:]} (C,H,W) images but {test_path.name} holds {test_x.shape[1:]}"
         )
+    if pre.size is not None:
+        _check_decoded(len(train_x) + len(test_x), train_x.shape[1], pre.size, limits, str(directory))
     return ImageData.build(
         name=name or directory.name,
-        train_x=torch.from_numpy(train_x),
+        train_x=resize_tensor(torch.from_numpy(train_x), pre, f"{train_path.name}'s images"),
         train_y=torch.from_numpy(train_y),
-        test_x=torch.from_numpy(test_x),
+        test_x=resize_tensor(torch.from_numpy(test_x), pre, f"{test_path.name}'s images"),
         test_y=torch.from_numpy(test_y),
     )
 
@@ -249,11 +278,23 @@ def _check_count(count: int, limits: DataLimits, where: str) -> None:
         raise UnsafeInputError(f"{where} holds {count} images, more than max_images={limits.max_images}")
 
 
+def _check_decoded(count: int, channels: int, size: tuple[int, int], limits: DataLimits, where: str) -> None:
+    """Refuse a dataset whose images, at the model's input size, would not fit the in-memory cap."""
+    total = count * channels * size[0] * size[1]
+    if total > limits.max_array_bytes:
+        raise UnsafeInputError(
+            f"{where}: {count} images at {size[0]}x{size[1]} need {total:,} bytes in memory, over the limit of "
+            f"{limits.max_array_bytes:,}; use a smaller --input-size or fewer images"
+        )
+
+
 # --- image folders ---------------------------------------------------------------------------
 
 
-def load_folder(directory: Path, limits: DataLimits = DataLimits(), name: str | None = None) -> ImageData:
-    """ImageFolder layout ``DIR/train/<class>/*`` and ``DIR/test/<class>/*`` (or ``val``), resized square."""
+def load_folder(
+    directory: Path, limits: DataLimits = DataLimits(), name: str | None = None, *, pre: Preprocess = DEFAULT_PREPROCESS
+) -> ImageData:
+    """ImageFolder layout ``DIR/train/<class>/*`` and ``DIR/test/<class>/*`` (or ``val``), at the input size."""
     if not directory.is_dir():
         raise DataError(f"image folder {directory} does not exist or is not a directory")
     train_dir = _split_dir(directory, ("train",))
@@ -267,8 +308,9 @@ def load_folder(directory: Path, limits: DataLimits = DataLimits(), name: str | 
     train_files = [(f, index[c]) for c, d in classes.items() for f in _image_files(d)]
     test_files = [(f, index[c]) for c, d in test_classes.items() for f in _image_files(d)]
     _check_count(len(train_files) + len(test_files), limits, str(directory))
-    train_x, train_y = _read_images(train_files, limits)
-    test_x, test_y = _read_images(test_files, limits)
+    pre = replace(pre, size=pre.size or (FOLDER_SIDE, FOLDER_SIDE))
+    train_x, train_y = _lazy_images(train_files, limits, pre)
+    test_x, test_y = _lazy_images(test_files, limits, pre)
     return ImageData.build(
         name=name or directory.name,
         train_x=train_x,
@@ -276,6 +318,7 @@ def load_folder(directory: Path, limits: DataLimits = DataLimits(), name: str | 
         test_x=test_x,
         test_y=test_y,
         num_classes=len(classes),
+        stats=pre.normalize == "dataset",  # other statistics need no pass over the files
     )
 
 
@@ -314,17 +357,18 @@ def _image_files(class_dir: Path) -> list[Path]:
     return files
 
 
-def _read_images(files: list[tuple[Path, int]], limits: DataLimits) -> tuple[torch.Tensor, torch.Tensor]:
-    size = limits.image_size
-    x = np.empty((len(files), size, size, 3), dtype=np.uint8)
-    for i, (path, _) in enumerate(files):
-        x[i] = _read_image(path, limits)
+def _lazy_images(files: list[tuple[Path, int]], limits: DataLimits, pre: Preprocess) -> tuple[LazyImages, torch.Tensor]:
+    """The split's images, left on disk once every header has passed (decoded per batch, where
+    a file that does not decode is a DataError naming it)."""
+    for path, _ in files:
+        _check_header(path, limits, pre)
     y = torch.tensor([label for _, label in files], dtype=torch.int64)
-    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), y
+    return LazyImages(files_of([path for path, _ in files]), pre), y
 
 
-def _read_image(path: Path, limits: DataLimits) -> np.ndarray:
-    """Check the header's size before decoding, so a small file cannot unpack into gigabytes."""
+def _check_header(path: Path, limits: DataLimits, pre: Preprocess) -> None:
+    """Read the header only: refuse an image that would unpack into gigabytes, or one smaller than
+    the model's crop (named, rather than silently upsampled), before anything is decoded."""
     try:
         with Image.open(path) as img:
             width, height = img.size
@@ -333,30 +377,36 @@ def _read_image(path: Path, limits: DataLimits) -> np.ndarray:
                     f"image {path} is {width}x{height} pixels, more than "
                     f"max_pixels_per_image={limits.max_pixels_per_image}"
                 )
-            size = (limits.image_size, limits.image_size)
-            rgb = img.convert("RGB").resize(size, Image.Resampling.BILINEAR)
+            if too_small(width, height, pre):
+                raise small_image_error(f"image {path}", width, height, pre)
     except Image.DecompressionBombError as exc:
         raise UnsafeInputError(f"image {path} was refused as a decompression bomb: {exc}") from exc
     except IMAGE_ERRORS as exc:
         raise DataError(f"could not read image {path}: {exc}") from exc
-    return np.asarray(rgb, dtype=np.uint8)
 
 
 # --- archives --------------------------------------------------------------------------------
 
 
-def _load_archive(archive: Path, kind: str | None, limits: DataLimits, work_dir: str | Path | None) -> ImageData:
+def _load_archive(
+    archive: Path, kind: str | None, limits: DataLimits, work_dir: str | Path | None, pre: Preprocess
+) -> ImageData:
     if work_dir is not None:
         Path(work_dir).mkdir(parents=True, exist_ok=True)
-        return _load_extracted(archive, kind, limits, Path(tempfile.mkdtemp(prefix="data-", dir=work_dir)))
-    with tempfile.TemporaryDirectory(prefix="autoprune-data-") as tmp:
-        return _load_extracted(archive, kind, limits, Path(tmp))
+        return _load_extracted(archive, kind, limits, Path(tempfile.mkdtemp(prefix="data-", dir=work_dir)), pre)
+    tmp = ExtractedDir(Path(tempfile.mkdtemp(prefix="autoprune-data-")))  # removed once nothing reads it
+    data = _load_extracted(archive, kind, limits, tmp.path, pre)
+    if isinstance(data.train_x, LazyImages) and isinstance(data.test_x, LazyImages):
+        return replace(data, train_x=data.train_x.kept_by(tmp), test_x=data.test_x.kept_by(tmp))
+    return data  # in memory: ``tmp`` goes now
 
 
-def _load_extracted(archive: Path, kind: str | None, limits: DataLimits, dest: Path) -> ImageData:
+def _load_extracted(archive: Path, kind: str | None, limits: DataLimits, dest: Path, pre: Preprocess) -> ImageData:
     root, kind = _find_root(extract_archive(archive, dest, limits.archive), kind, archive)
     name = _archive_stem(archive)
-    return load_npz_dir(root, limits, name) if kind == "npz" else load_folder(root, limits, name)
+    if kind == "npz":
+        return load_npz_dir(root, limits, name, pre=pre)
+    return load_folder(root, limits, name, pre=pre)
 
 
 def _archive_stem(archive: Path) -> str:

@@ -6,12 +6,14 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 from torch import nn
+from torchvision.transforms import v2
 
 from autoprune.data import ImageData
+from autoprune.data.preprocess import Preprocess
 from autoprune.errors import ModelIntakeError
 from autoprune.models import create_model, load_weights
 from autoprune.spec import ONNX_PREFIX
@@ -23,7 +25,11 @@ SPEC_VERSION = 1
 
 @dataclass(frozen=True, kw_only=True)
 class ModelSpec:
-    """Architecture, input geometry, input normalisation and the plans applied, in order."""
+    """Architecture, input geometry, input normalisation and the plans applied, in order.
+
+    ``preprocess`` is how images become the model's input (resize, crop, interpolation,
+    normalisation); spec files written before it existed lack it, and then whole images were
+    resized to ``input_shape`` and normalised with ``mean``/``std``."""
 
     arch: str
     num_classes: int
@@ -31,6 +37,7 @@ class ModelSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     plans: tuple[PruningPlan, ...] = ()
+    preprocess: Preprocess | None = None
     # where a relative ``onnx:`` arch is found: the spec file's directory (set by read_spec)
     base_dir: Path | None = field(default=None, compare=False)
 
@@ -43,6 +50,7 @@ class ModelSpec:
             "input_shape": list(self.input_shape),
             "normalization": {"mean": list(self.mean), "std": list(self.std)},
             "plans": [p.to_dict() for p in self.plans],
+            **({"input": self.preprocess.to_dict()} if self.preprocess is not None else {}),
         }
 
     @classmethod
@@ -58,8 +66,9 @@ class ModelSpec:
                 mean=tuple(float(v) for v in data["normalization"]["mean"]),
                 std=tuple(float(v) for v in data["normalization"]["std"]),
                 plans=tuple(PruningPlan.from_dict(p) for p in data["plans"]),
+                preprocess=Preprocess.from_dict(data["input"]) if data.get("input") else None,
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ModelIntakeError(f"malformed spec: {exc}") from exc
 
     @classmethod
@@ -72,7 +81,13 @@ class ModelSpec:
             mean=data.mean,
             std=data.std,
             plans=tuple(plans),
+            preprocess=data.preprocess,
         )
+
+    def transform(self) -> v2.Compose:
+        """The inference transform: a PIL image (or uint8 CHW tensor) → the tensor the model takes."""
+        pre = self.preprocess or Preprocess(size=self.input_shape[1:])
+        return pre.with_stats(self.mean, self.std).transform()
 
     def example_input(self) -> torch.Tensor:
         return torch.zeros(1, *self.input_shape)
@@ -118,8 +133,26 @@ def _inside(base_dir: Path, ref: str) -> Path:
     return path
 
 
-def load_pruned(spec: str | Path | Mapping[str, Any] | ModelSpec, weights: str | Path) -> nn.Module:
-    """Rebuild a pruned model from ``spec.json`` and ``model.safetensors`` alone (no pickle)."""
-    model = read_spec(spec).build()
+SpecSource = str | Path | Mapping[str, Any] | ModelSpec
+
+
+@overload
+def load_pruned(spec: SpecSource, weights: str | Path, *, with_transform: Literal[False] = False) -> nn.Module: ...
+
+
+@overload
+def load_pruned(
+    spec: SpecSource, weights: str | Path, *, with_transform: Literal[True]
+) -> tuple[nn.Module, v2.Compose]: ...
+
+
+def load_pruned(
+    spec: SpecSource, weights: str | Path, *, with_transform: bool = False
+) -> nn.Module | tuple[nn.Module, v2.Compose]:
+    """Rebuild a pruned model from ``spec.json`` and ``model.safetensors`` alone (no pickle);
+    ``with_transform``: also its inference transform (``ModelSpec.transform``), so images are fed
+    as the model was pruned and fine-tuned on them."""
+    model_spec = read_spec(spec)
+    model = model_spec.build()
     load_weights(model, weights)
-    return model.eval()
+    return (model.eval(), model_spec.transform()) if with_transform else model.eval()

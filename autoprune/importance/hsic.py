@@ -32,8 +32,15 @@ Deviations, and why:
 - A group whose features do not vary over the examples has no defined nHSIC; it is counted as
   independent of every other group (S = 0).
 
-β defaults to 246, the released ResNet-20 CIFAR script's value; the scripts range from 231 to
-2000 across architectures, so it is a real hyper-parameter.
+β defaults to L, the number of groups, so that β·s̃_i = s_i / mean(s): a group's redundancy
+relative to the average, whatever the number of groups, and a weight ratio of e between groups
+whose redundancies differ by the mean. The released scripts use 231 to 2000 (246 for ResNet-20),
+but their α never mattered much: with α = exp(−β s̃) ≈ 1e-3 … 1e-8, the released SLSQP stops
+(objective tolerance 1e-6) a few iterations after projecting x = 1 onto the budget, so the
+released CIFAR configurations are near-uniform (ResNet-20 at 20M: 11/16, 21–22/32, 43–48/64;
+a simulation of the released solver with β = 246 gives the same). An exact solver follows α:
+with β = 246 the weights spanned 450× on a CIFAR ResNet-20 after one epoch of training, and the optimum cut whole groups
+to the floor (docs/methods.md#itpruner).
 """
 
 from __future__ import annotations
@@ -120,15 +127,19 @@ def layer_importance(
     graph: PruneGraph,
     batches: Batches,
     *,
-    beta: float = 246.0,
+    beta: float | None = None,
     max_examples: int = 256,
     max_feature_bytes: int = 2**29,
 ) -> dict[str, float]:
-    """ITPruner's per-group weight α (in (0, 1], max 1): higher = keep more of the group's width."""
-    if not math.isfinite(beta) or beta < 0:
+    """ITPruner's per-group weight α (in (0, 1], max 1): higher = keep more of the group's width.
+
+    ``beta`` None: the number of groups (see the module's docstring).
+    """
+    if beta is not None and (not math.isfinite(beta) or beta < 0):
         raise ValueError(f"beta must be finite and non-negative, got {beta}")
     ids, s = layer_similarity(graph, batches, max_examples=max_examples, max_feature_bytes=max_feature_bytes)
-    return dict(zip(ids, (float(a) for a in importance_from_similarity(s, beta)), strict=True))
+    weights = importance_from_similarity(s, float(len(ids)) if beta is None else beta)
+    return dict(zip(ids, (float(a) for a in weights), strict=True))
 
 
 def _group_slices(graph: PruneGraph) -> Slices:

@@ -1,9 +1,14 @@
 """First-order Taylor criterion (Molchanov et al., ICLR 2017).
 
 The saliency of feature map k is the absolute first-order change of the loss when the map is
-zeroed, Θ(z_k) = |1/M Σ_m ∂C/∂z_{k,m} · z_{k,m}| over the M positions of the map, computed per
-example and averaged over the calibration examples (the paper's definition; the absolute value is
-taken per example, so opposite signs in a batch do not cancel). The feature map of a group is the
+zeroed, Θ(z_k) = |Σ_m ∂C/∂z_{k,m} · z_{k,m}| over the M positions of the map, computed per
+example and averaged over the calibration examples (the absolute value is taken per example, so
+opposite signs in a batch do not cancel). The paper writes 1/M Σ_m; it then L2-normalises per
+layer, where a per-layer factor cancels. Scores compared *across* layers without normalisation
+(HALP's knapsack, NAP's ranking, the channel-step repair) need the loss change itself: with the
+mean, a 32×32 map's channel scored 16× less than an 8×8 map's for the same loss change, and
+HALP cut ResNet-20's first stage to the floor (docs/methods.md#halp). The sum is also what HALP's
+BN form computes: γ·∂C/∂γ + β·∂C/∂β = Σ_m ∂C/∂z_m · z_m for the BN output z. The feature map of a group is the
 output of its batch-norm layers (what the next layer sees when a channel is removed), or of its
 conv/linear layers where it has no batch norm; coupled maps (residual adds) are summed. The
 per-layer L2 normalisation the paper applies before global ranking is done by the global
@@ -45,8 +50,8 @@ class Taylor(Criterion):
 
 
 def taylor_saliency(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """|mean over positions of activation × gradient| per example and channel."""
-    return (activation * grad).mean(2).abs()
+    """|sum over positions of activation × gradient| per example and channel: the first-order loss change."""
+    return (activation * grad).sum(2).abs()
 
 
 def summed_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

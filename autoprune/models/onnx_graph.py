@@ -51,6 +51,16 @@ def describe_onnx(path: str | os.PathLike[str], *, max_bytes: int = MAX_ONNX_BYT
     return _signature(_load(Path(path), max_bytes))
 
 
+def input_dims(path: str | os.PathLike[str], *, max_bytes: int = MAX_ONNX_BYTES) -> tuple[int | None, ...]:
+    """(C, H, W) of the graph's one image input, ``None`` where a size is dynamic (symbolic)."""
+    model = _load(Path(path), max_bytes)
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in initializers]
+    if len(inputs) != 1 or not inputs[0].type.tensor_type.HasField("shape") or len(_dims(inputs[0])) != 4:
+        return _signature(model)[0]  # its error says what is wrong with the input
+    return tuple(d if isinstance(d, int) and d > 0 else None for d in _dims(inputs[0])[1:])
+
+
 def check_input_shape(path: str | os.PathLike[str], input_shape: Sequence[int]) -> None:
     """Refuse data whose C, H, W differ from the graph's (its static shapes, Reshapes... assume them)."""
     graph_shape, _ = describe_onnx(path)

@@ -156,7 +156,9 @@ def _summary(report: Mapping[str, Any]) -> str:
     if not rows:
         return ""
     headers = ["", "before", "pruned, not fine-tuned", "after fine-tuning", "after vs before"]
-    warnings = "".join(f'<p class="warning"><b>Warning:</b> {esc(w)}</p>' for w in report.get("warnings") or [])
+    warnings = "".join(
+        f'<p class="warning"><strong>Warning:</strong> {esc(w)}</p>' for w in report.get("warnings") or []
+    )
     return warnings + _table(headers, rows, numeric={1, 2, 3, 4})
 
 
@@ -339,6 +341,9 @@ def _reached(report: Mapping[str, Any]) -> str | None:
     if budget is None or not steps or "achieved" not in steps[-1]:
         return None
     achieved = steps[-1]["achieved"]
+    unpruned = steps[-1].get("unpruned")
+    if budget.kind == "latency" and unpruned:  # checked by paired timing against the unpruned model
+        return f"{_pct(achieved / unpruned, 1)} of the unpruned model's latency (timed in alternating rounds)"
     if budget.measured:
         reference = (report.get("latency") or {}).get("budget_reference_ms")
         start = f"; the unpruned model measured {reference:.3f} ms when the job started" if reference else ""

@@ -51,6 +51,36 @@ class LayerRow(_Record):
     macs_after: int
 
 
+class BoundGroup(_Record):
+    """A group the last cut left at the fewest channels it may keep, and the limit that set that floor."""
+
+    group: str
+    channels: int
+    of: int = Field(description="its width before the cut")
+    limit: str = Field(description="e.g. '--keep fc', '--max-layer-prune 0.5'; 'default': the 10% floor")
+
+
+class LayerLimitsReport(_Record):
+    """The per-group limits the job set (``--max-layer-prune``, ``--keep``, ``layer_limits``) and which bound."""
+
+    max_layer_prune: float | None
+    keep: list[str]
+    layer_limits: dict[str, float]
+    bound: list[BoundGroup] = Field(description="groups at their floor after the last cut")
+
+
+class CandidateRow(_Record):
+    """One allocation ``auto`` considered: its adaptive-BN accuracy on held-out training data, its
+    cost over the budget, the seconds it took to allocate and score, or why it failed."""
+
+    method: str
+    score: float | None = None
+    cost_over_budget: float | None = None
+    seconds: float
+    chosen: bool = False
+    error: str | None = None
+
+
 class FinetuneReport(_Record):
     config: dict[str, Any]
     history: list[dict[str, Any]]
@@ -90,9 +120,16 @@ class Report(_Record):
     onnx_max_abs_diff: float | None
     layers: list[LayerRow]
     allocation: list[dict[str, Any]] = Field(description="per cut: the allocator's diagnostics")
+    limits: LayerLimitsReport | None = Field(None, description="the per-group limits, if the job set any")
+    candidates: list[CandidateRow] = Field(
+        default_factory=list, description="auto: the allocations it chose among (the last cut's), best score chosen"
+    )
     finetune: FinetuneReport
     timings: dict[str, float] = Field(description="wall seconds per stage")
     device: str
     resumed: dict[str, int] | None
     versions: dict[str, str]
+    input: dict[str, Any] | None = Field(
+        None, description="the input the model was fed: size, resize/crop, interpolation, normalisation, source"
+    )
     notes: str = MACS_NOTE

@@ -103,3 +103,31 @@ def test_settings_refuse_unsafe_values(changes):
     with pytest.raises(ValueError):
         Settings(**changes)
     assert Settings(database_url="postgresql://u:p@h/db").db_url.startswith("postgresql+psycopg://")
+
+
+def test_a_valid_token_is_remembered_for_a_while_and_an_unknown_one_never(tmp_path, monkeypatch):
+    """Polls resolve a recent token from memory (no token query, no threadpool hop); the memory
+    expires, and made-up tokens are not kept (a flood of them cannot grow it)."""
+    from sqlalchemy import delete
+
+    from api.db import make_engine, migrate
+    from api.db.tables import TokenRow
+    from api.security import TokenStore
+
+    engine = make_engine(Settings(data_dir=tmp_path).db_url)
+    migrate(engine)
+    tokens = TokenStore(engine, remember_s=60.0)
+    token = tokens.create("alice")
+    assert tokens.recent_owner(token) is None  # not resolved yet
+    assert tokens.owner_of(token) == "alice"
+    with engine.begin() as conn:
+        conn.execute(delete(TokenRow.__table__))  # gone from the database: memory still answers
+    assert tokens.recent_owner(token) == "alice" and tokens.owner_of(token) is None
+    for i in range(50):
+        assert tokens.owner_of(f"ap_made-up-{i}") is None
+    assert len(tokens._recent) == 1
+    import api.security as security
+
+    monkeypatch.setattr(security.time, "monotonic", lambda: 10.0**9)  # 60 s later
+    assert tokens.recent_owner(token) is None
+    engine.dispose()

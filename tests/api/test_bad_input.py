@@ -151,6 +151,20 @@ def _onnx_with_a_huge_constant(elements: int) -> bytes:
     return model.SerializeToString()
 
 
+def _tiny_onnx(height: int | str, width: int | str) -> bytes:
+    """A valid 3xHxW → 10-class classifier (average pool, linear); symbolic H/W when given as names."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, height, width])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10])
+    w = numpy_helper.from_array(np.full((10, 3), 0.1, np.float32), "w")
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "w"], ["y"], transB=1)]  # fmt: skip
+    graph = helper.make_graph(nodes, "g", [x], [y], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
 def onnx_file(data: bytes) -> Callable[[dict[str, bytes]], dict[str, Any]]:
     return lambda f: {"files": {"onnx": ("model.onnx", data)}, "arch": None}
 
@@ -230,6 +244,12 @@ CASES: dict[str, tuple[Callable[[dict[str, bytes]], dict[str, Any]], int, str]] 
     "latency batch a float": (fields(budget='{"latency": 0.5, "batch_size": 8.5}'), 422, "bad_budget"),
     "latency_ms infinite": (fields(budget='{"latency_ms": Infinity}'), 422, "bad_budget"),
     "seed 2^31": (fields(seed=str(2**31)), 422, "invalid_spec"),
+    # issue 18: the input spec
+    "input size not N or HxW": (fields(input='{"size": "big"}'), 422, "invalid_spec"),
+    "input size the net cannot take": (fields(arch="cifar_vgg16_bn", input='{"size": 8}'), 422, "invalid_spec"),
+    "mean/std of the wrong length": (fields(arch="resnet18", input='{"mean": [0.5], "std": [0.2]}'), 422, "invalid_spec"),
+    "onnx at 32 px asked for 96": (lambda f: {**onnx_file(_tiny_onnx(32, 32))(f), "input": '{"size": 96}'}, 422, "invalid_spec"),
+    "onnx with dynamic H/W": (onnx_file(_tiny_onnx("h", "w")), 422, "invalid_spec"),
     "search trials 2001": (fields(method="evolution", search_trials="2001"), 422, "invalid_spec"),
 }  # fmt: skip
 
