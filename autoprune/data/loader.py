@@ -68,31 +68,16 @@ def _batches(
     augment: bool,
     generator: torch.Generator | None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    if isinstance(x, LazyImages):
-        yield from _lazy_batches(data, x, y, order, batch_size, batches, augment, generator)
-        return
-    for b in range(batches):
-        idx = order[b * batch_size : (b + 1) * batch_size]
-        xb = normalize(x[idx], data.mean, data.std)
-        yield (random_crop_flip(xb, generator) if augment else xb), y[idx]
-
-
-def _lazy_batches(
-    data: ImageData,
-    x: LazyImages,
-    y: torch.Tensor,
-    order: torch.Tensor,
-    batch_size: int,
-    batches: int,
-    augment: bool,
-    generator: torch.Generator | None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches decoded from disk; large inputs are augmented while decoded (RandomResizedCrop)."""
+    """In-memory batches by indexing; a folder's decoded from disk, large inputs augmented while
+    decoded (RandomResizedCrop, seeded per batch from ``generator``)."""
     chunks = [order[b * batch_size : (b + 1) * batch_size] for b in range(batches)]
-    by_crop = augment and augments_by_crop(x)
-    seeds = torch.randint(0, 2**31 - 1, (batches,), generator=generator).tolist() if by_crop else None
-    decoded = decoded_batches(x, [c.tolist() for c in chunks], seeds)
-    for idx, raw in zip(chunks, decoded, strict=True):
+    by_crop = augment and isinstance(x, LazyImages) and augments_by_crop(x)
+    if isinstance(x, LazyImages):
+        seeds = torch.randint(0, 2**31 - 1, (batches,), generator=generator).tolist() if by_crop else None
+        raws: Iterator[torch.Tensor] = decoded_batches(x, [c.tolist() for c in chunks], seeds)
+    else:
+        raws = (x[idx] for idx in chunks)
+    for idx, raw in zip(chunks, raws, strict=True):
         xb = normalize(raw, data.mean, data.std)
         yield (random_crop_flip(xb, generator) if augment and not by_crop else xb), y[idx]
 
