@@ -133,11 +133,19 @@ def recalibrate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Te
 
 def accuracy(model: nn.Module, data: ImageData) -> float:
     """Top-1 accuracy on the training split of ``data`` (here: the held-out part), in eval mode."""
+    return float(correct(model, data).float().mean())
+
+
+def correct(model: nn.Module, data: ImageData) -> torch.Tensor:
+    """Whether ``model``'s top-1 is right, per example of the training split of ``data`` (on the CPU).
+
+    Per example, so that two models scored on the same examples can be compared pairwise.
+    """
     device = model_device(model)
     model.eval()
-    correct = 0
+    hits = []
     with torch.inference_mode():
         for x, y in iterate_batches(data, "train", EVAL_BATCH):
             logits = model(x.to(device, non_blocking=True))
-            correct += int((logits.argmax(1) == y.to(device, non_blocking=True)).sum())
-    return correct / len(data.train_y)
+            hits.append((logits.argmax(1) == y.to(device, non_blocking=True)).cpu())
+    return torch.cat(hits)

@@ -200,17 +200,19 @@ def study_name(ctx: RunContext, target: Budget) -> str:
     return f"autoprune-{fingerprint(ctx.spec)[:24]}{key}-{target.kind}-{target.value:.9g}"
 
 
-def prune_once(
-    ctx: RunContext, budget: Budget, channel_step: int | None = None
-) -> tuple[nn.Module, PruningPlan, dict[str, Any]]:
+Cut = tuple[nn.Module, PruningPlan, dict[str, Any]]  # the pruned model, its plan, the step's diagnostics
+
+
+def prune_once(ctx: RunContext, budget: Budget, channel_step: int | None = None, scored: Scored | None = None) -> Cut:
     """Score, allocate and cut ``ctx.model`` once; the result meets ``budget`` on the measured model.
 
-    Kept widths are multiples of ``channel_step`` (default: the spec's).
+    Kept widths are multiples of ``channel_step`` (default: the spec's). ``scored``: the model's
+    scores from an earlier call (a re-solve at another step), else they are computed.
 
     Scoring, the search's evaluations and NAP's compensation run on ``ctx.device``; tracing, cost
     counting, latency tables and the cut itself on the CPU, where the model is kept.
     """
-    scored = score_model(ctx)
+    scored = scored or score_model(ctx)
     inputs, reference = scored.inputs, ctx.state.reference
     step = channel_step or ctx.spec.channel_step
 

@@ -13,7 +13,6 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch_pruning
@@ -23,11 +22,10 @@ from autoprune.checkpoint import RunState
 from autoprune.context import RunContext
 from autoprune.data import ImageData, load_data
 from autoprune.device import on_device
-from autoprune.errors import BudgetError, SurgeryError
 from autoprune.export import ModelSpec, export_onnx, export_pt2, save_weights, write_json
+from autoprune.faster import faster_cut
 from autoprune.finetune import TrainingState, evaluate, finetune
 from autoprune.measure import CostReport, count_cost
-from autoprune.measure.alignment import channel_alignment
 from autoprune.measure.paired import PairedTiming, paired_model_timing
 from autoprune.models import create_model, load_weights
 from autoprune.models.onnx_graph import check_input_shape
@@ -38,9 +36,9 @@ from autoprune.prune_step import (
     candidate_rows,
     limits_report,
     model_latency_ms,
-    paired_with_unpruned,
     prune_once,
     reestimate_bn,
+    score_model,
     target_threads,
     teacher_onnx,
 )
@@ -50,8 +48,6 @@ from autoprune.spec import ONNX_PREFIX, JobSpec
 from autoprune.surgery import PruningPlan
 
 log = logging.getLogger(__name__)
-
-Cut = tuple[torch.nn.Module, PruningPlan, dict[str, Any]]  # the pruned model, its plan, the step's diagnostics
 
 ONNX_SOURCE = "source.onnx"  # an ONNX job's graph, copied beside spec.json
 
@@ -131,9 +127,10 @@ def prune(ctx: RunContext) -> None:
 
 def _cut(ctx: RunContext, target: Budget) -> None:
     assert ctx.data is not None
-    pruned, plan, diagnostics = prune_once(ctx, target)
+    scored = score_model(ctx)
+    pruned, plan, diagnostics = prune_once(ctx, target, scored=scored)
     if ctx.spec.ensure_faster:
-        pruned, plan, diagnostics = _faster(ctx, target, (pruned, plan, diagnostics))
+        pruned, plan, diagnostics = faster_cut(ctx, target, (pruned, plan, diagnostics), scored)
     ctx.model = pruned
     ctx.state.plans.append(plan.to_dict())
     ctx.state.diagnostics.append(diagnostics)
@@ -142,52 +139,6 @@ def _cut(ctx: RunContext, target: Budget) -> None:
         with on_device(ctx.model, ctx.device):
             ctx.state.pruned_eval = asdict(evaluate(ctx.model, ctx.data))
     ctx.save()
-
-
-RESOLVE_STEPS = (8, 16, 32)  # channel steps tried, in order, when a cut is not faster in the target
-
-
-def _faster(ctx: RunContext, target: Budget, cut: Cut) -> Cut:
-    """The cut, or when it is not faster than the unpruned model in the deployment target (paired
-    timing), the first re-solve with a wider channel step that is (else the fastest tried): first
-    the step this host's runtime was measured to want, then 8, 16 and 32.
-
-    Fast kernels (onnxruntime's blocked convolutions, cuDNN's) want channel counts in multiples
-    of 8 or 16, and a free width can make a model with half the MACs slower than its parent; which
-    step pays is measured on the model itself, here, not assumed."""
-    speed = _speedup(ctx, cut[0])
-    tried = [{"channel_step": ctx.spec.channel_step, "speedup": round(speed, 4)}]
-    best, best_speed = cut, speed
-    measured = measured_step(ctx) if speed <= 1.0 else None
-    steps = tuple(dict.fromkeys((measured or RESOLVE_STEPS[0], *RESOLVE_STEPS)))
-    for step in (s for s in steps if s > ctx.spec.channel_step and best_speed <= 1.0):
-        ctx.progress("faster", len(tried) / (len(steps) + 1), {"channel_step": step})
-        try:
-            candidate = prune_once(ctx, target, channel_step=step)
-        except (BudgetError, SurgeryError) as exc:  # too coarse for this net's widths to meet the budget
-            tried.append({"channel_step": step, "error": str(exc)})
-            continue
-        speed = _speedup(ctx, candidate[0])
-        tried.append({"channel_step": step, "speedup": round(speed, 4)})
-        if speed > best_speed:
-            best, best_speed = candidate, speed
-    best[2]["faster_check"] = {"runtime": ctx.spec.target.runtime, "measured_step": measured, "tried": tried}
-    return best
-
-
-def measured_step(ctx: RunContext) -> int | None:
-    """The channel step this host's target runtime runs fastest at (``autoprune.measure.alignment``,
-    measured once per host and cached), tried first by a re-solve; None for a cuda target."""
-    target = ctx.spec.target
-    if target.device != "cpu":
-        return None
-    with ctx.timer("faster_check"):
-        return channel_alignment(target.runtime, batch_size=target.batch_size, threads=target_threads(ctx.spec)).step
-
-
-def _speedup(ctx: RunContext, pruned: torch.nn.Module) -> float:
-    with ctx.timer("faster_check"):
-        return paired_with_unpruned(ctx, pruned, rounds=6).speedup
 
 
 def _finetune(

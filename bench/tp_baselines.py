@@ -61,8 +61,9 @@ class TPCut:
     removed: dict[str, list[int]]  # conv/linear name → removed output channels (original indices)
 
 
-def tp_prune(model: nn.Module, example: torch.Tensor, criterion: str, ratio: float) -> TPCut:
-    """MetaPruner with global ranking at one ``ratio``, on a copy of ``model`` (its gradients included)."""
+def tp_prune(model: nn.Module, example: torch.Tensor, criterion: str, ratio: float, round_to: int | None = None) -> TPCut:
+    """MetaPruner with global ranking at one ``ratio``, on a copy of ``model`` (its gradients included);
+    ``round_to``: Torch-Pruning's own channel rounding (kept widths in multiples of it)."""
     pruned = copy.deepcopy(model)
     for source, target in zip(model.parameters(), pruned.parameters(), strict=True):
         if source.grad is not None:  # deepcopy drops .grad; Taylor importance reads it
@@ -76,6 +77,7 @@ def tp_prune(model: nn.Module, example: torch.Tensor, criterion: str, ratio: flo
         pruning_ratio=ratio,
         ignored_layers=heads,
         iterative_steps=1,
+        round_to=round_to,
     )
     names = {module: name for name, module in pruned.named_modules()}
     removed: dict[str, list[int]] = {}
@@ -90,7 +92,8 @@ def tp_prune(model: nn.Module, example: torch.Tensor, criterion: str, ratio: flo
 
 
 def bisect_ratio(
-    model: nn.Module, example: torch.Tensor, criterion: str, target: float, *, tolerance: float = 0.01, steps: int = 30
+    model: nn.Module, example: torch.Tensor, criterion: str, target: float, *, tolerance: float = 0.01, steps: int = 30,
+    round_to: int | None = None,
 ) -> tuple[TPCut, dict[str, Any]]:
     """The pruning ratio whose MACs are ≤ ``target`` and within ``tolerance`` below it, by bisection.
 
@@ -101,7 +104,7 @@ def bisect_ratio(
     lo, hi = 0.0, 0.99
     best: TPCut | None = None
     for step in range(1, steps + 1):
-        cut = tp_prune(model, example, criterion, (lo + hi) / 2)
+        cut = tp_prune(model, example, criterion, (lo + hi) / 2, round_to)
         if cut.macs > target:
             lo = cut.ratio
             continue

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from autoprune import stages
+from autoprune import faster, stages
 from autoprune.measure.latency import torch_threads
 from autoprune.measure.paired import PairedTiming, paired_timing, torch_runner
 from autoprune.pipeline import run
@@ -63,8 +63,8 @@ def _spec(tmp_path, weights, **changes) -> JobSpec:
 
 def test_a_cut_that_is_not_faster_is_re_solved_with_wider_steps(tmp_path, trained_resnet20, monkeypatch):
     measured = iter([0.8, 0.95, 1.3])  # step 1 slower, step 8 slower, step 16 faster: step 16 is kept
-    monkeypatch.setattr(stages, "_speedup", lambda ctx, pruned: next(measured))
-    monkeypatch.setattr(stages, "measured_step", lambda ctx: 8)  # this host's runtime wants multiples of 8
+    monkeypatch.setattr(faster, "speedup", lambda ctx, pruned: next(measured))
+    monkeypatch.setattr(faster, "measured_step", lambda ctx: 8)  # this host's runtime wants multiples of 8
     report = run(_spec(tmp_path, trained_resnet20)).to_dict()
     check = report["allocation"][0]["faster_check"]
     assert [t["channel_step"] for t in check["tried"]] == [1, 8, 16]
@@ -74,8 +74,8 @@ def test_a_cut_that_is_not_faster_is_re_solved_with_wider_steps(tmp_path, traine
 
 
 def test_a_model_that_stays_slower_is_reported_as_such(tmp_path, trained_resnet20, monkeypatch):
-    monkeypatch.setattr(stages, "_speedup", lambda ctx, pruned: 0.9)  # no step helps
-    monkeypatch.setattr(stages, "measured_step", lambda ctx: 4)  # tried first, before 8, 16, 32
+    monkeypatch.setattr(faster, "speedup", lambda ctx, pruned: 0.9)  # no step helps
+    monkeypatch.setattr(faster, "measured_step", lambda ctx: 4)  # tried first, before 8, 16, 32
     slower = PairedTiming(before_ms=1.0, after_ms=1.1, ratio=1.1, ratio_q1=1.05, ratio_q3=1.15, rounds=2)
     monkeypatch.setattr(stages, "paired_model_timing", lambda *args, **kwargs: slower)
     report = run(_spec(tmp_path, trained_resnet20)).to_dict()
@@ -83,6 +83,52 @@ def test_a_model_that_stays_slower_is_reported_as_such(tmp_path, trained_resnet2
     assert check["measured_step"] == 4 and [t["channel_step"] for t in check["tried"]] == [1, 4, 8, 16, 32]
     assert report["faster"] is False and "not faster" in report["warnings"][0]
     assert report["latency"]["paired"]["onnxruntime"]["ratio"] == 1.1
+
+
+def _pruned_widths(report) -> list[int]:
+    return [layer["channels_after"] for layer in report["layers"] if layer["channels_after"] < layer["channels_before"]]
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_under_a_macs_budget_a_faster_aligned_cut_is_preferred_unless_less_accurate(
+    tmp_path, trained_resnet20, monkeypatch, guard
+):
+    """Already faster (1.2x), but the host's step 4 gives 1.5x at the same MACs budget (and step 8 no
+    more): kept when the accuracy guard passes, not when it finds the aligned cut worse."""
+    measured = iter([1.2, 1.5, 1.5])
+    monkeypatch.setattr(faster, "speedup", lambda ctx, pruned: next(measured))
+    monkeypatch.setattr(faster, "measured_step", lambda ctx: 4)
+    monkeypatch.setattr(faster, "not_worse", lambda before, after: guard)
+    report = run(_spec(tmp_path, trained_resnet20)).to_dict()
+    check = report["allocation"][0]["faster_check"]
+    assert [t["channel_step"] for t in check["tried"]] == [1, 4, 8]
+    assert all("held_out_accuracy" in t for t in check["tried"][:2])
+    aligned = all(width % 4 == 0 for width in _pruned_widths(report))
+    assert aligned is guard and report["flops_ratio"] <= 0.5
+
+
+def test_an_aligned_cut_that_is_not_clearly_faster_is_not_taken(tmp_path, trained_resnet20, monkeypatch):
+    measured = iter([1.2, 1.22])  # within the noise margin: the finer allocation stays
+    monkeypatch.setattr(faster, "speedup", lambda ctx, pruned: next(measured))
+    monkeypatch.setattr(faster, "measured_step", lambda ctx: 8)
+    report = run(_spec(tmp_path, trained_resnet20)).to_dict()
+    tried = report["allocation"][0]["faster_check"]["tried"]
+    assert [t["channel_step"] for t in tried] == [1, 8] and "held_out_accuracy" not in tried[1]
+    assert report["allocation"][0]["channel_step"] == 1
+
+
+def test_the_accuracy_guard_is_a_paired_test_on_the_examples_the_cuts_disagree_on():
+    before = torch.tensor([True] * 90 + [False] * 10)
+    assert faster.not_worse(before, before.clone())
+    fewer = before.clone()
+    fewer[:2] = False  # 2 points lower, 2 disagreements: 2*sqrt(2)/100 + 0.005 = 0.033 allowed
+    assert faster.not_worse(before, fewer)
+    much_fewer = before.clone()
+    much_fewer[:8] = False  # 8 points lower: 2*sqrt(8)/100 + 0.005 = 0.062 allowed
+    assert not faster.not_worse(before, much_fewer)
+    swapped = before.clone()
+    swapped[:20], swapped[90:] = False, True  # 10 points lower over 30 disagreements: 0.115 allowed
+    assert faster.not_worse(before, swapped)
 
 
 def test_the_target_defaults_to_onnxruntime_on_the_cpu_at_batch_1_and_names_latency_budgets(tmp_path):

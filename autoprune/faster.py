@@ -1,0 +1,143 @@
+"""Deployment speed of a cut: never slower than the unpruned model, and the faster of equal-budget cuts.
+
+Fast kernels (onnxruntime's blocked convolutions, cuDNN's) want channel counts in multiples of 4,
+8 or 16, and a free width can make a model with half the MACs slower than its parent. Which step
+pays is measured here, on the model and the host, not assumed:
+
+- **Never slower.** A cut that is not faster than the unpruned model in the deployment target
+  (paired timing) is re-solved with wider channel steps: first the step this host's runtime was
+  measured to want (``autoprune.measure.alignment``), then 8, 16 and 32, until one is faster
+  (else the fastest tried is kept, and the report warns).
+- **Latency-aware under MACs and params budgets.** A cut that is already faster is also re-solved
+  at the host's measured step and at 8. All meet the same budget; an aligned one replaces the
+  best so far when it is faster by ``SPEED_MARGIN`` and its top-1 on held-out training examples
+  (BN re-estimated, as every cut is) is not significantly below the first cut's (``not_worse``):
+  the free widths are the finer allocation, so they are kept unless speed is really bought.
+
+A latency budget's allocation is latency-aware already (its table is measured in the target), so
+only the never-slower check applies to it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from autoprune.adaptive_bn import correct, split_training, training_part
+from autoprune.budget import Budget
+from autoprune.context import RunContext
+from autoprune.data import ImageData
+from autoprune.errors import BudgetError, SurgeryError
+from autoprune.measure.alignment import channel_alignment
+from autoprune.prune_step import Cut, Scored, paired_with_unpruned, prune_once, target_threads
+
+RESOLVE_STEPS = (8, 16, 32)  # channel steps tried, in order, when a cut is not faster in the target
+SPEED_MARGIN = 1.05  # an aligned cut replaces a cut that is already faster only when this much faster still
+HELD_OUT = 512  # training examples the accuracy guard compares the two cuts on
+ALLOWED_DROP = 0.005  # accuracy the guard lets go beyond two standard errors of the paired difference
+
+
+def faster_cut(ctx: RunContext, target: Budget, cut: Cut, scored: Scored) -> Cut:
+    """``cut``, or a re-solve of it with a wider channel step that runs faster in the target (module doc)."""
+    speed = speedup(ctx, cut[0])
+    tried: list[dict[str, Any]] = [{"channel_step": ctx.spec.channel_step, "speedup": round(speed, 4)}]
+    measured = measured_step(ctx)
+    if speed <= 1.0:
+        best = _never_slower(ctx, target, (cut, speed), scored, measured, tried)
+    elif not target.measured:
+        best = _prefer_faster(ctx, target, (cut, speed), scored, measured, tried)
+    else:
+        best = cut
+    best[2]["faster_check"] = {"runtime": ctx.spec.target.runtime, "measured_step": measured, "tried": tried}
+    return best
+
+
+def _never_slower(
+    ctx: RunContext, target: Budget, first: tuple[Cut, float], scored: Scored, measured: int | None, tried: list
+) -> Cut:
+    """The first re-solve that is faster than the unpruned model, else the fastest cut tried."""
+    (best, best_speed), steps = first, tuple(dict.fromkeys((measured or RESOLVE_STEPS[0], *RESOLVE_STEPS)))
+    for step in (s for s in steps if s > ctx.spec.channel_step):
+        if best_speed > 1.0:
+            break
+        ctx.progress("faster", len(tried) / (len(steps) + 1), {"channel_step": step})
+        candidate = _resolve(ctx, target, scored, step, tried)
+        if candidate is not None and tried[-1]["speedup"] > best_speed:
+            best, best_speed = candidate, tried[-1]["speedup"]
+    return best
+
+
+def _prefer_faster(
+    ctx: RunContext, target: Budget, first: tuple[Cut, float], scored: Scored, measured: int | None, tried: list
+) -> Cut:
+    """The fastest re-solve at the host's step or 8 that beats the cut by ``SPEED_MARGIN`` and is
+    not clearly less accurate on held-out examples, else the cut."""
+    cut, (best, best_speed) = first[0], first
+    steps = [s for s in dict.fromkeys((measured or RESOLVE_STEPS[0], RESOLVE_STEPS[0])) if s > ctx.spec.channel_step]
+    held_out, before = None, None
+    for i, step in enumerate(steps):
+        ctx.progress("faster", (i + 1) / (len(steps) + 1), {"channel_step": step})
+        aligned = _resolve(ctx, target, scored, step, tried)
+        if aligned is None or tried[-1]["speedup"] < best_speed * SPEED_MARGIN:
+            continue
+        if held_out is None:
+            held_out = _held_out(ctx)
+            before = correct(cut[0], held_out)
+            tried[0]["held_out_accuracy"] = round(float(before.float().mean()), 4)
+        after = correct(aligned[0], held_out)
+        tried[-1]["held_out_accuracy"] = round(float(after.float().mean()), 4)
+        if not_worse(before, after):
+            best, best_speed = aligned, tried[-1]["speedup"]
+    return best
+
+
+def _resolve(ctx: RunContext, target: Budget, scored: Scored, step: int, tried: list) -> Cut | None:
+    """The cut allocated again at ``step`` and its speedup appended to ``tried``; None if the step cannot meet the budget."""
+    try:
+        candidate = prune_once(ctx, target, channel_step=step, scored=scored)
+    except (BudgetError, SurgeryError) as exc:  # too coarse for this net's widths to meet the budget
+        tried.append({"channel_step": step, "error": str(exc)})
+        return None
+    tried.append({"channel_step": step, "speedup": round(speedup(ctx, candidate[0]), 4)})
+    return candidate
+
+
+def not_worse(before: torch.Tensor, after: torch.Tensor) -> bool:
+    """Whether ``after``'s per-example hits are not significantly below ``before``'s on the same examples.
+
+    The standard error of a paired difference of accuracies comes from the examples the two
+    disagree on (McNemar): ``sqrt(n01 + n10) / n``. Lower by more than two of those and
+    ``ALLOWED_DROP`` counts as worse.
+    """
+    n = len(before)
+    disagree = int((before != after).sum())
+    drop = float(before.float().mean() - after.float().mean())
+    return drop <= 2 * math.sqrt(disagree) / n + ALLOWED_DROP
+
+
+def _held_out(ctx: RunContext) -> ImageData:
+    """The examples the guard compares on: the adaptive-BN evaluation's held-out part of the training
+    split. (Both cuts' BN statistics were re-estimated on calibration batches from the whole split,
+    which may include these images, never their labels.)"""
+    assert ctx.data is not None
+    size = len(ctx.data.train_y)
+    held_idx, _ = split_training(size, min(HELD_OUT, max(1, size // 4)), ctx.spec.seed)
+    return training_part(ctx.data, held_idx)
+
+
+def measured_step(ctx: RunContext) -> int | None:
+    """The channel step this host's target runtime runs fastest at (``autoprune.measure.alignment``,
+    measured once per host and cached); None for a cuda target."""
+    target = ctx.spec.target
+    if target.device != "cpu":
+        return None
+    with ctx.timer("faster_check"):
+        return channel_alignment(target.runtime, batch_size=target.batch_size, threads=target_threads(ctx.spec)).step
+
+
+def speedup(ctx: RunContext, pruned: torch.nn.Module) -> float:
+    """How many times faster ``pruned`` runs than the unpruned model in the target (paired rounds)."""
+    with ctx.timer("faster_check"):
+        return paired_with_unpruned(ctx, pruned, rounds=6).speedup
