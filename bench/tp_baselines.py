@@ -61,7 +61,9 @@ class TPCut:
     removed: dict[str, list[int]]  # conv/linear name → removed output channels (original indices)
 
 
-def tp_prune(model: nn.Module, example: torch.Tensor, criterion: str, ratio: float, round_to: int | None = None) -> TPCut:
+def tp_prune(
+    model: nn.Module, example: torch.Tensor, criterion: str, ratio: float, round_to: int | None = None
+) -> TPCut:
     """MetaPruner with global ranking at one ``ratio``, on a copy of ``model`` (its gradients included);
     ``round_to``: Torch-Pruning's own channel rounding (kept widths in multiples of it)."""
     pruned = copy.deepcopy(model)
@@ -92,7 +94,13 @@ def tp_prune(model: nn.Module, example: torch.Tensor, criterion: str, ratio: flo
 
 
 def bisect_ratio(
-    model: nn.Module, example: torch.Tensor, criterion: str, target: float, *, tolerance: float = 0.01, steps: int = 30,
+    model: nn.Module,
+    example: torch.Tensor,
+    criterion: str,
+    target: float,
+    *,
+    tolerance: float = 0.01,
+    steps: int = 30,
     round_to: int | None = None,
 ) -> tuple[TPCut, dict[str, Any]]:
     """The pruning ratio whose MACs are ≤ ``target`` and within ``tolerance`` below it, by bisection.
