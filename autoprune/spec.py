@@ -97,6 +97,7 @@ class FinetuneConfig(_Frozen):
     batch_size: int = Field(64, ge=1, le=4096, description="training batch size")
     lr: float = Field(0.01, gt=0, le=10, description="peak learning rate of the cosine schedule")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    nesterov: bool = Field(False, description="Nesterov momentum (sgd)")
     weight_decay: float = Field(5e-4, ge=0, le=1, description="weight decay")
     optimizer: Literal["sgd", "adamw"] = Field("sgd", description="sgd (with momentum) or adamw")
     distill: bool = Field(True, description="distil from the unpruned model (off: train on labels only)")

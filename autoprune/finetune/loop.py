@@ -1,6 +1,6 @@
 """Training loop for fine-tuning pruned models (and training baselines), with distillation.
 
-SGD with Nesterov-free momentum or AdamW, a cosine learning-rate schedule over all steps, and
+SGD with (optionally Nesterov) momentum or AdamW, a cosine learning-rate schedule over all steps, and
 Hinton et al.'s distillation loss from the unpruned model when a teacher is given:
 ``w·T²·KL(softmax(t/T) ‖ softmax(s/T)) + (1−w)·CE(s, y)``. Deterministic under a seed on the CPU.
 
@@ -51,7 +51,10 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
 def _optimizer(model: nn.Module, cfg: FinetuneConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+        weight_decay=cfg.weight_decay,
+    )  # fmt: skip
 
 
 def steps_per_epoch(data: ImageData, cfg: FinetuneConfig) -> int:
