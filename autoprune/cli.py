@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoprune.errors import AutopruneError
-from autoprune.spec import DEFAULT_METHOD, Budget, FinetuneConfig
+from autoprune.spec import DEFAULT_METHOD, Budget
 from autoprune.spec_cli import add_spec_flags, spec_from_args
 
 if TYPE_CHECKING:
@@ -185,7 +185,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from autoprune import pipeline
 
-    cfg = FinetuneConfig(lr=args.lr, batch_size=args.batch_size, distill=False)
+    cfg = pipeline.BASELINE_RECIPE.evolve(lr=args.lr, batch_size=args.batch_size)
     with stage_progress() as bars:
         result = pipeline.train_baseline(
             args.arch, args.data, args.out, epochs=args.epochs, cfg=cfg, seed=args.seed, progress=bars

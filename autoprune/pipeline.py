@@ -103,6 +103,11 @@ def help_search(
     return {**joined, "timings": {stage: round(t, 3) for stage, t in ctx.timer.seconds.items()}}
 
 
+# Training from scratch, for demos, tests and benchmarks: the recipe their baselines were made
+# with, kept apart from the fine-tune defaults (which follow docs/methods.md#fine-tuning).
+BASELINE_RECIPE = FinetuneConfig(lr=0.1, batch_size=64, nesterov=False, distill=False)
+
+
 def train_baseline(
     arch: str,
     data_ref: str,
@@ -117,7 +122,7 @@ def train_baseline(
     data = load_data(data_ref)
     torch.manual_seed(seed)
     model = create_model(arch, num_classes=data.num_classes, in_channels=data.input_shape[0])
-    cfg = (cfg or FinetuneConfig(lr=0.1, distill=False)).evolve(epochs=epochs, distill=False)
+    cfg = (cfg or BASELINE_RECIPE).evolve(epochs=epochs, distill=False)
     stats = finetune(model, data, cfg, seed=seed, on_progress=lambda f, m: progress("train", f, m))
     result = evaluate(model, data)
     path = Path(out)

@@ -87,20 +87,21 @@ class _Frozen(BaseModel):
 
 
 class FinetuneConfig(_Frozen):
-    """How a pruned model is trained back; distillation from the unpruned model by default."""
+    """How a pruned model is trained back. The defaults (plain SGD with Nesterov momentum, no
+    distillation) follow a measured comparison: docs/methods.md#fine-tuning."""
 
     model_config = ConfigDict(title="finetune")  # names its fields in errors: finetune.epochs
 
     epochs: int = Field(
         5, ge=0, le=1000, description="epochs of fine-tuning", json_schema_extra={"cli": "--finetune-epochs"}
     )
-    batch_size: int = Field(64, ge=1, le=4096, description="training batch size")
-    lr: float = Field(0.01, gt=0, le=10, description="peak learning rate of the cosine schedule")
+    batch_size: int = Field(128, ge=1, le=4096, description="training batch size")
+    lr: float = Field(0.05, gt=0, le=10, description="peak learning rate of the cosine schedule")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
-    nesterov: bool = Field(False, description="Nesterov momentum (sgd)")
+    nesterov: bool = Field(True, description="Nesterov momentum (sgd)")
     weight_decay: float = Field(5e-4, ge=0, le=1, description="weight decay")
     optimizer: Literal["sgd", "adamw"] = Field("sgd", description="sgd (with momentum) or adamw")
-    distill: bool = Field(True, description="distil from the unpruned model (off: train on labels only)")
+    distill: bool = Field(False, description="distil from the unpruned model (default: train on labels only)")
     distill_weight: float = Field(0.7, ge=0, le=1, description="weight of the distillation loss")
     temperature: float = Field(4.0, gt=0, le=100, description="distillation temperature")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the cross-entropy loss")

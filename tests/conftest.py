@@ -46,10 +46,9 @@ def digits():
 @pytest.fixture(scope="session")
 def trained_resnet20(tmp_path_factory) -> Path:
     """ResNet-20 trained for three epochs on digits (≈85% top-1): a real model to prune."""
-    from autoprune.pipeline import train_baseline
-    from autoprune.spec import FinetuneConfig
+    from autoprune.pipeline import BASELINE_RECIPE, train_baseline
 
     path = tmp_path_factory.mktemp("weights") / "resnet20-digits.safetensors"
-    result = train_baseline("resnet20", "digits", path, epochs=3, cfg=FinetuneConfig(lr=0.1, distill=False))
+    result = train_baseline("resnet20", "digits", path, epochs=3, cfg=BASELINE_RECIPE)
     assert result["accuracy"] > 0.5
     return path

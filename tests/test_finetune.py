@@ -55,7 +55,7 @@ def test_finetuning_recovers_accuracy_of_a_pruned_model(digits, trained_resnet20
     history = finetune(
         pruned,
         digits,
-        FinetuneConfig(epochs=2, lr=0.02),
+        FinetuneConfig(epochs=2, lr=0.02, batch_size=64, distill=True),  # distillation's path, from the teacher
         teacher=model,
         seed=0,
         on_progress=lambda f, m: progress.append(f),
