@@ -54,7 +54,7 @@ def faster_cut(ctx: RunContext, target: Budget, cut: Cut, scored: Scored) -> Cut
         if best_speed > 1.0 and step not in preferred:
             break  # faster already: wider steps only while it is not
         ctx.progress("faster", (i + 1) / (len(steps) + 1), {"channel_step": step})
-        aligned = _resolve(ctx, target, scored, step, tried)
+        aligned = _resolve(ctx, target, scored, step, tried, cut[2].get("auto_chosen"))
         if aligned is None:
             continue
         new_speed = tried[-1]["speedup"]
@@ -63,6 +63,8 @@ def faster_cut(ctx: RunContext, target: Budget, cut: Cut, scored: Scored) -> Cut
                 best, best_speed = aligned, new_speed
         elif new_speed >= best_speed * SPEED_MARGIN and guard.accepts(aligned[0], tried[-1]):
             best, best_speed = aligned, new_speed
+    if best is not cut and "auto_candidates" in cut[2]:  # a re-solve asked auto's choice alone: keep the comparison
+        best[2]["auto_candidates"] = cut[2]["auto_candidates"]
     best[2]["faster_check"] = {"runtime": ctx.spec.target.runtime, "measured_step": measured, "tried": tried}
     return best
 
@@ -93,10 +95,14 @@ class _Guard:
         return not_worse(self.before, after)
 
 
-def _resolve(ctx: RunContext, target: Budget, scored: Scored, step: int, tried: list) -> Cut | None:
-    """The cut allocated again at ``step`` and its speedup appended to ``tried``; None if the step cannot meet the budget."""
+def _resolve(ctx: RunContext, target: Budget, scored: Scored, step: int, tried: list, chosen: str | None) -> Cut | None:
+    """The cut allocated again at ``step`` and its speedup appended to ``tried``; None if the step cannot meet the budget.
+
+    Under ``auto`` only the candidate it chose for the first cut runs again: the candidates differ
+    in where they cut, which a wider step does not change, and re-running all of them would
+    multiply ``auto``'s cost by the number of re-solves."""
     try:
-        candidate = prune_once(ctx, target, channel_step=step, scored=scored)
+        candidate = prune_once(ctx, target, channel_step=step, scored=scored, candidate=chosen)
     except (BudgetError, SurgeryError) as exc:  # too coarse for this net's widths to meet the budget
         tried.append({"channel_step": step, "error": str(exc)})
         return None

@@ -125,11 +125,15 @@ def paired_with_unpruned(ctx: RunContext, pruned: nn.Module, rounds: int) -> Pai
     )  # fmt: skip
 
 
-def allocator_for(spec: JobSpec, budget: Budget, channel_step: int | None = None) -> Allocator:
-    """The spec's allocator, configured with its options and the job's context."""
+def allocator_for(
+    spec: JobSpec, budget: Budget, channel_step: int | None = None, candidate: str | None = None
+) -> Allocator:
+    """The spec's allocator, configured with its options and the job's context (``candidate``: see
+    ``AllocatorContext``)."""
     context = AllocatorContext(
-        channel_step=channel_step or spec.channel_step, latency_runtime=budget.runtime if budget.measured else None
-    )
+        channel_step=channel_step or spec.channel_step, latency_runtime=budget.runtime if budget.measured else None,
+        candidate=candidate,
+    )  # fmt: skip
     return catalog.allocator(spec.method).configure(allocator_options(spec), context)
 
 
@@ -203,11 +207,18 @@ def study_name(ctx: RunContext, target: Budget) -> str:
 Cut = tuple[nn.Module, PruningPlan, dict[str, Any]]  # the pruned model, its plan, the step's diagnostics
 
 
-def prune_once(ctx: RunContext, budget: Budget, channel_step: int | None = None, scored: Scored | None = None) -> Cut:
+def prune_once(
+    ctx: RunContext,
+    budget: Budget,
+    channel_step: int | None = None,
+    scored: Scored | None = None,
+    candidate: str | None = None,
+) -> Cut:
     """Score, allocate and cut ``ctx.model`` once; the result meets ``budget`` on the measured model.
 
     Kept widths are multiples of ``channel_step`` (default: the spec's). ``scored``: the model's
     scores from an earlier call (a re-solve at another step), else they are computed.
+    ``candidate``: for ``auto``, the allocator an earlier call chose, asked alone.
 
     Scoring, the search's evaluations and NAP's compensation run on ``ctx.device``; tracing, cost
     counting, latency tables and the cut itself on the CPU, where the model is kept.
@@ -236,7 +247,9 @@ def prune_once(ctx: RunContext, budget: Budget, channel_step: int | None = None,
             ctx.progress("allocation", 0.0, {"method": ctx.spec.method, "attempt": attempt + 1})
             inputs.study_name = study_name(ctx, target)
             with on_device(ctx.model, ctx.device):
-                allocation = allocate(allocator_for(ctx.spec, budget, step), inputs, target, channel_step=step)
+                allocation = allocate(
+                    allocator_for(ctx.spec, budget, step, candidate), inputs, target, channel_step=step
+                )
             plan = make_plan(scored.graph, scored.scores, allocation.keep)
             ctx.progress("allocation", 1.0, {"predicted": allocation.cost})
         with ctx.timer("surgery"):

@@ -77,9 +77,13 @@ class Auto(Allocator):
 
     @classmethod
     def configure(cls, options: Any, context: AllocatorContext) -> Auto:
-        """Candidates are scored at the widths the job keeps: snapped to its channel step."""
+        """Candidates are scored at the widths the job keeps: snapped to its channel step. With
+        ``context.candidate`` (a re-solve of a problem auto solved before), only that one runs."""
         trials = EVOLUTION_TRIALS if options.auto_search_trials is None else options.auto_search_trials
-        return cls(default_candidates(trials), channel_step=context.channel_step)
+        candidates = default_candidates(trials)
+        if context.candidate is not None:
+            candidates = {context.candidate: candidates[context.candidate]}
+        return cls(candidates, channel_step=context.channel_step)
 
     def __init__(self, candidates: Mapping[str, Allocator] | None = None, channel_step: int = 1) -> None:
         self.candidates = dict(default_candidates() if candidates is None else candidates)

@@ -177,11 +177,14 @@ class NoOptions:
 
 @dataclass(frozen=True, kw_only=True)
 class AllocatorContext:
-    """What a job decides for every allocator: the width step kept widths snap to, and the
-    runtime a latency budget is measured in (None for MACs and params budgets)."""
+    """What a job decides for every allocator: the width step kept widths snap to, the runtime a
+    latency budget is measured in (None for MACs and params budgets), and for a chooser such as
+    ``auto`` the candidate an earlier solve of the same problem chose (a re-solve at another
+    step asks that one again instead of all)."""
 
     channel_step: int = 1
     latency_runtime: str | None = None
+    candidate: str | None = None
 
 
 class Allocator(abc.ABC):

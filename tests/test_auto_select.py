@@ -87,3 +87,10 @@ def test_auto_takes_no_latency_budget_and_its_search_can_be_left_out():
     spec = JobSpec(arch="resnet20", data="digits", budget="flops=0.5", out_dir="-", options={"auto_search_trials": 0})
     auto = Auto.configure(allocator_options(spec), AllocatorContext(channel_step=8))
     assert list(auto.candidates) == ["global", "uniform", "nap", "itpruner"] and auto.channel_step == 8
+
+
+def test_a_re_solve_asks_only_the_candidate_auto_chose_before():
+    """The never-slower and latency-aware re-solves (autoprune/faster.py) keep auto's choice."""
+    spec = JobSpec(arch="resnet20", data="digits", budget="flops=0.5", out_dir="-")
+    auto = Auto.configure(allocator_options(spec), AllocatorContext(channel_step=8, candidate="evolution"))
+    assert list(auto.candidates) == ["evolution"] and auto.channel_step == 8
