@@ -32,23 +32,23 @@ _PER_ATTEMPT = frozenset({"out_dir", "device"})  # the same run, wherever it run
 
 # Options added after checkpoints were first written: left out of the hash while at their
 # defaults, so a job queued before they existed still resumes from its checkpoint.
-_LATER_OPTIONS = ("input", "max_layer_prune", "keep", "layer_limits")
-_LATER_FINETUNE_OPTIONS = ("nesterov",)
+_LATER_OPTIONS = ("input", "max_layer_prune", "keep", "layer_limits", "finetune.nesterov")
 
 
 def fingerprint(spec: JobSpec) -> str:
     """A hash of everything in ``spec`` that decides the result."""
-    at_default = {
-        name for name in _LATER_OPTIONS
-        if getattr(spec, name) == type(spec).model_fields[name].get_default(call_default_factory=True)
-    }  # fmt: skip
-    finetune_defaults = type(spec.finetune).model_fields
-    finetune_at_default = {
-        name for name in _LATER_FINETUNE_OPTIONS if getattr(spec.finetune, name) == finetune_defaults[name].default
-    }
-    exclude: dict[str, Any] = {name: True for name in _PER_ATTEMPT | at_default}
-    if finetune_at_default:
-        exclude["finetune"] = finetune_at_default
+    exclude: dict[str, Any] = dict.fromkeys(_PER_ATTEMPT, True)
+    for path in _LATER_OPTIONS:
+        *parents, name = path.split(".")
+        owner: Any = spec
+        for parent in parents:
+            owner = getattr(owner, parent)
+        default = type(owner).model_fields[name].get_default(call_default_factory=True)
+        if getattr(owner, name) == default:
+            target = exclude
+            for parent in parents:
+                target = target.setdefault(parent, {})
+            target[name] = True
     fields = spec.model_dump(mode="json", exclude=exclude)
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
